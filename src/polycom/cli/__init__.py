@@ -1,0 +1,70 @@
+"""The `polycom` command line.
+
+Each subcommand lives in its own module under `polycom.cli` and exposes
+``register(subparsers)``, which adds its parser and sets ``handler`` (a function taking the parsed
+namespace and returning an exit code). User errors (`polycom.errors.UserError`, bad values, missing
+files) are printed as one clear line with a non-zero exit; set ``POLYCOM_DEBUG=1`` for tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from polycom.errors import UserError
+
+# Order = order in `polycom --help`. Each name is a module polycom.cli.<name> with register().
+COMMAND_MODULES = ("compare", "train", "data", "generate", "bench", "export", "convert", "eval", "analyze", "info")
+
+USER_ERRORS = (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polycom",
+        description="Polynomial Composition Activations (PolyReLU, PolyNorm): train, compare, evaluate, analyse.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"polycom.cli.{name}").register(sub)
+    return parser
+
+
+def _version() -> str:
+    from polycom import __version__
+
+    return f"polycom {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if os.environ.get("POLYCOM_DEBUG"):
+            raise
+        print(f"polycom {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def not_yet_available(command: str, issue: str):
+    """Handler for a command whose implementation has not landed: says so, exits 3, prints no fake output."""
+
+    def handler(args: argparse.Namespace) -> int:
+        print(
+            f"`polycom {command}` is not yet available in this version of polycom ({issue}).",
+            file=sys.stderr,
+        )
+        return 3
+
+    return handler

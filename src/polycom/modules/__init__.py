@@ -1,0 +1,36 @@
+"""nn.Module tier: PolyCom activations, the activation registry and the MLP block."""
+
+from polycom.modules.activations import (
+    ActivationSpec,
+    GeGLU,
+    ReLU2,
+    SwiGLU,
+    activation_names,
+    activation_spec,
+    get_activation,
+    is_gated,
+    register_activation,
+)
+from polycom.modules.mlp import MLP, gated_hidden_size, matched_hidden_size, mlp_param_count, mlp_param_table
+from polycom.modules.polycom import PolyNorm, PolyNormGated, PolyReLU, PolyReLUGated
+
+__all__ = [
+    "MLP",
+    "ActivationSpec",
+    "GeGLU",
+    "PolyNorm",
+    "PolyNormGated",
+    "PolyReLU",
+    "PolyReLUGated",
+    "ReLU2",
+    "SwiGLU",
+    "activation_names",
+    "activation_spec",
+    "gated_hidden_size",
+    "get_activation",
+    "is_gated",
+    "matched_hidden_size",
+    "mlp_param_count",
+    "mlp_param_table",
+    "register_activation",
+]
