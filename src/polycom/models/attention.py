@@ -1,0 +1,103 @@
+"""Causal self-attention with RoPE, optional grouped-query heads, optional QK-norm and a KV cache.
+
+Shapes: x (B, T, d) -> q (B, H, T, hd), k/v (B, H_kv, T, hd); each group of H / H_kv query heads
+shares one key/value head. The scores go through `F.scaled_dot_product_attention` (flash /
+memory-efficient kernels on GPU), scale 1/sqrt(hd).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polycom.models.config import ModelConfig
+from polycom.models.layers import RMSNorm, apply_rope
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer: (n_layers, B, H_kv, max_len, hd) each.
+
+    `length` is the number of positions already written; `Attention.forward` writes the new keys
+    and values at [length, length + T) and `PolyComLM.forward` advances `length` after the last layer.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        *,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H_kv, T, hd) at the current position; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to position {end}")
+        self.k[layer, :, :, start:end] = k.to(self.k.dtype)
+        self.v[layer, :, :, start:end] = v.to(self.v.dtype)
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) causal self-attention. (B, T, d) -> (B, T, d)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.kv_heads
+        self.head_dim = cfg.head_dim
+        d, hd = cfg.d_model, cfg.head_dim
+        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.n_heads * hd, cfg.norm_eps)
+            self.k_norm = RMSNorm(self.n_kv_heads * hd, cfg.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer_idx, k, v)
+        if self.n_kv_heads != self.n_heads:
+            # Repeat each key/value head for its group of query heads (portable on every SDPA backend).
+            repeat = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(repeat, dim=1)
+            v = v.repeat_interleave(repeat, dim=1)
+        if past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:
+            out = F.scaled_dot_product_attention(q, k, v)  # one new query sees every cached position
+        else:
+            # New queries at positions past..past+T-1 see keys up to and including their own position.
+            qpos = torch.arange(past, past + T, device=x.device)[:, None]
+            kpos = torch.arange(past + T, device=x.device)[None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=kpos <= qpos)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.o_proj(out)

@@ -1,0 +1,247 @@
+"""The decoder-only language model `PolyComLM` (dense Llama-style or OLMoE-style MoE blocks).
+
+    h_0 = embed(ids)
+    a   = h + attn(attn_norm(h))              (pre-RMSNorm, RoPE, causal SDPA)
+    h'  = a + mlp(mlp_norm(a))                (polycom.MLP, or MoEMLP when config.moe is set)
+    logits = lm_head(norm(h_L))               (lm_head = embed.weight when tied)
+
+Init (`init_weights`): every matrix ~ N(0, init_std**2); o_proj and down_proj (dense and experts)
+~ N(0, (init_std / sqrt(2 n_layers))**2); norm gains 1; PolyCom coefficients their own init
+(weight 1/r, bias 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polycom.models.attention import Attention, KVCache
+from polycom.models.config import ModelConfig
+from polycom.models.layers import RMSNorm, rope_tables
+from polycom.models.moe import MoEMLP, RouterStats
+from polycom.modules.mlp import MLP
+
+
+@dataclass
+class LMOutput:
+    """Result of `PolyComLM.forward`.
+
+    logits (B, T, V); loss = ce_loss + aux_loss (None without targets); ce_loss mean token cross-entropy
+    in nats over positions whose target != -100; aux_loss = lb_coef * lb_loss + z_coef * z_loss
+    (0 for dense); lb_loss / z_loss unweighted, averaged over MoE layers (None for dense);
+    tokens_per_expert: per MoE layer a (E,) tensor of (token, expert) assignments (None for dense).
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    lb_loss: torch.Tensor | None = None
+    z_loss: torch.Tensor | None = None
+    tokens_per_expert: list[torch.Tensor] | None = None
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block. forward(x (B,T,d), cos, sin, cache) -> (x, RouterStats | None)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, layer_idx)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        if cfg.is_moe:
+            self.mlp = MoEMLP(cfg)
+        else:
+            self.mlp = MLP(
+                cfg.d_model,
+                cfg.activation,
+                cfg.mlp_hidden_size(),
+                multiple_of=cfg.multiple_of,
+                activation_kwargs=cfg.activation_kwargs() or None,
+            )
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, RouterStats | None]:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+        out = self.mlp(self.mlp_norm(x))
+        stats = None
+        if isinstance(out, tuple):
+            out, stats = out
+        return x + out, stats
+
+
+class PolyComLM(nn.Module):
+    """Decoder-only LM. forward(input_ids (B, T), targets (B, T) | None) -> LMOutput."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.init_weights()
+
+    # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter (see module docstring). Safe on the meta device."""
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        nn.init.normal_(self.embed.weight, 0.0, std)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, 0.0, std)
+        for module in self.modules():
+            if isinstance(module, RMSNorm) or _is_activation(module):
+                module.reset_parameters()
+        for block in self.layers:
+            attn = block.attn
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                nn.init.normal_(proj.weight, 0.0, std)
+            nn.init.normal_(attn.o_proj.weight, 0.0, out_std)
+            mlp = block.mlp
+            if isinstance(mlp, MoEMLP):
+                nn.init.normal_(mlp.router.weight, 0.0, std)
+                experts = mlp.experts
+                for w in (experts.gate_proj, experts.up_proj):
+                    if w is not None:
+                        nn.init.normal_(w, 0.0, std)
+                nn.init.normal_(experts.down_proj, 0.0, out_std)
+            else:
+                for proj in (mlp.gate_proj, mlp.up_proj):
+                    if proj is not None:
+                        nn.init.normal_(proj.weight, 0.0, std)
+                nn.init.normal_(mlp.down_proj.weight, 0.0, out_std)
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The (V, d) output projection: lm_head.weight, or embed.weight when tied."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(
+        self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None
+    ) -> LMOutput:
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(
+                f"input_ids must be a (B, T) integer tensor, got {tuple(input_ids.shape)} {input_ids.dtype}"
+            )
+        B, T = input_ids.shape
+        past = 0 if cache is None else cache.length
+        if past + T > self.config.max_seq_len:
+            raise ValueError(f"sequence length {past + T} exceeds the model's max_seq_len {self.config.max_seq_len}")
+        positions = torch.arange(past, past + T, device=input_ids.device)
+        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+
+        x = self.embed(input_ids)
+        router_stats: list[RouterStats] = []
+        for block in self.layers:
+            x, stats = block(x, cos, sin, cache)
+            if stats is not None:
+                router_stats.append(stats)
+        if cache is not None:
+            cache.length += T
+        x = self.norm(x)
+        logits = F.linear(x, self.output_weight)
+
+        out = LMOutput(logits=logits)
+        if router_stats:
+            out.lb_loss = torch.stack([s.lb_loss for s in router_stats]).mean()
+            out.z_loss = torch.stack([s.z_loss for s in router_stats]).mean()
+            moe = self.config.moe
+            out.aux_loss = moe.lb_loss_coef * out.lb_loss + moe.z_loss_coef * out.z_loss
+            out.tokens_per_expert = [s.tokens_per_expert for s in router_stats]
+        else:
+            out.aux_loss = torch.zeros((), device=logits.device)
+        if targets is not None:
+            if targets.shape != input_ids.shape:
+                raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            out.ce_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+            out.loss = out.ce_loss + out.aux_loss
+        return out
+
+    # ----------------------------------------------------------------------------------------------
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """All parameters (a tied matrix once); `non_embedding` leaves out embed and lm_head."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.embed.weight.numel()
+            if self.lm_head is not None:
+                total -= self.lm_head.weight.numel()
+        return total
+
+    def num_active_parameters(self, non_embedding: bool = False) -> int:
+        """Parameters used per token: for MoE only top_k of the E experts' weights count."""
+        total = self.num_parameters(non_embedding)
+        moe = self.config.moe
+        if moe is not None:
+            for block in self.layers:
+                expert_params = sum(p.numel() for p in block.mlp.experts.parameters())
+                total -= expert_params * (moe.num_experts - moe.top_k) // moe.num_experts
+        return total
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6 * N_active (without the input embedding) + 12 * L * d * T.
+
+        The first term counts the matmuls of forward + backward (lm_head included, the embedding
+        lookup is not a matmul); the second the attention scores and weighted sum (PaLM convention,
+        without halving for the causal mask). T defaults to max_seq_len.
+        """
+        T = self.config.max_seq_len if seq_len is None else seq_len
+        n = self.num_active_parameters(non_embedding=True) + self.output_weight.numel()
+        return 6.0 * n + 12.0 * self.config.n_layers * self.config.d_model * T
+
+    # ----------------------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        cfg = self.config
+        p = self.embed.weight
+        return KVCache(
+            cfg.n_layers,
+            batch_size,
+            cfg.kv_heads,
+            max_len or cfg.max_seq_len,
+            cfg.head_dim,
+            device=p.device,
+            dtype=dtype or p.dtype,
+        )
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        eos_id: int | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Sample continuations; see `polycom.models.generation.generate`."""
+        from polycom.models.generation import generate
+
+        return generate(
+            self, input_ids, max_new_tokens, temperature, top_k, generator, eos_id=eos_id, use_cache=use_cache
+        )
+
+
+def _is_activation(module: nn.Module) -> bool:
+    # PolyCom coefficient holders (weight (r,), bias (1,)) keep their own init (1/r, 0).
+    from polycom.modules.polycom import _PolyCoefficients
+
+    return isinstance(module, _PolyCoefficients)
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> PolyComLM:
+    """Build and initialise a `PolyComLM` for `cfg` (on `device`; "meta" for shape-only counting)."""
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"build_model expects a ModelConfig, got {type(cfg).__name__}")
+    if device is None:
+        return PolyComLM(cfg)
+    with torch.device(device):
+        return PolyComLM(cfg)
