@@ -19,6 +19,8 @@ class ParallelConfig:
         and the data-parallel degree is world_size // tp.
     activation_checkpointing: recompute each transformer block in backward.
     timeout_s: timeout of collectives, so a broken rendezvous or a missing rank fails instead of hanging.
+    param_dtype: FSDP2 parameter dtype in forward/backward: "auto" (bf16 on GPU with fp32 master weights
+        and fp32 gradient reduction; fp32 on CPU), "float32" or "bfloat16".
     """
 
     ddp: bool = False
@@ -26,3 +28,4 @@ class ParallelConfig:
     tp: int = 1
     activation_checkpointing: bool = False
     timeout_s: int = 300
+    param_dtype: str = "auto"
