@@ -1,0 +1,232 @@
+"""Python launchers for the PolyCom Triton kernels: shape handling, allocation, grids.
+
+Every function takes already-validated tensors of shape (..., n) and works on the 2-D (M, n) view
+of them: the last dimension must be contiguous, leading dimensions may have any strides that can be
+flattened into one row stride (slices along the last dimension, transposed leading dims that still
+flatten...). Only tensors that cannot be viewed that way are copied. Outputs are new contiguous
+tensors; incoming gradients are only read.
+
+Coefficient gradients come back as per-program fp32 partials [programs, r + 1] (column j = power
+j + 1, column r = bias) and are summed here once, in a fixed order (deterministic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from polycom.ops.triton import config
+from polycom.ops.triton.polynorm_kernels import poly_norm_bwd_kernel, poly_norm_fwd_kernel
+from polycom.ops.triton.polyrelu_kernels import poly_relu_bwd_kernel, poly_relu_fwd_kernel
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """(M, n) view of t (..., n) with a contiguous last dim; copies only when no such view exists."""
+    n = t.shape[-1]
+    if n > 1 and t.stride(-1) != 1:
+        t = t.contiguous()
+    try:
+        return t.view(-1, n)
+    except RuntimeError:  # leading dims cannot be merged into one stride
+        return t.reshape(-1, n)
+
+
+def _tl_acc(dtype: torch.dtype) -> tl.dtype:
+    return tl.float64 if config.accumulator_dtype(dtype) == torch.float64 else tl.float32
+
+
+def _device_guard(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _order_pow2(r: int) -> int:
+    return triton.next_power_of_2(r)
+
+
+def _coefficient_grads(
+    part: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the [programs, r+1] partials once; column j is power j+1 = weight[r-1-j]."""
+    r = weight.numel()
+    total = part.sum(dim=0)
+    return total[:r].flip(0).to(weight.dtype), total[r:].to(bias.dtype, copy=True)  # no view: own storage
+
+
+def _zero_coefficient_grads(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros_like(weight), torch.zeros_like(bias)
+
+
+def poly_norm_forward(
+    x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, rstd): y = PolyNorm(x) (* up) shaped like x; rstd (M, r) fp32 (fp64 for fp64 x) row statistics."""
+    r = weight.numel()
+    x2 = as_rows(x)
+    m, n = x2.shape
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    rstd = torch.empty((m, r), dtype=config.accumulator_dtype(x.dtype), device=x.device)
+    if m == 0:
+        return y, rstd
+    up2 = as_rows(up) if up is not None else x2
+    y2 = y.view(m, n)
+    launch = config.row_launch(m, n, backward=False)
+    with _device_guard(x):
+        poly_norm_fwd_kernel[launch.grid](
+            x2,
+            up2,
+            y2,
+            weight,
+            bias,
+            rstd,
+            m,
+            n,
+            x2.stride(0),
+            up2.stride(0),
+            y2.stride(0),
+            float(eps),
+            R=r,
+            RP=_order_pow2(r),
+            GATED=up is not None,
+            BLOCK_M=launch.block_m,
+            BLOCK_N=launch.block_n,
+            SINGLE_TILE=launch.single_tile,
+            ACC=_tl_acc(x.dtype),
+            num_warps=launch.num_warps,
+        )
+    return y, rstd
+
+
+def poly_norm_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    up: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(dx, d_up or None, dweight, dbias) of PolyNorm from x, the saved rstd and the output gradient."""
+    r = weight.numel()
+    x2 = as_rows(x)
+    m, n = x2.shape
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dup = torch.empty(up.shape, dtype=up.dtype, device=up.device) if up is not None else None
+    if m == 0:
+        return (dx, dup, *_zero_coefficient_grads(weight, bias))
+    g2 = as_rows(grad)
+    up2 = as_rows(up) if up is not None else x2
+    dx2 = dx.view(m, n)
+    dup2 = dup.view(m, n) if dup is not None else dx2
+    launch = config.row_launch(m, n, backward=True)
+    part = torch.empty((launch.grid[0], r + 1), dtype=rstd.dtype, device=x.device)
+    with _device_guard(x):
+        poly_norm_bwd_kernel[launch.grid](
+            g2,
+            x2,
+            up2,
+            rstd,
+            weight,
+            bias,
+            dx2,
+            dup2,
+            part,
+            m,
+            n,
+            g2.stride(0),
+            x2.stride(0),
+            up2.stride(0),
+            dx2.stride(0),
+            dup2.stride(0),
+            R=r,
+            RP=_order_pow2(r),
+            GATED=up is not None,
+            BLOCK_M=launch.block_m,
+            BLOCK_N=launch.block_n,
+            SINGLE_TILE=launch.single_tile,
+            ACC=_tl_acc(x.dtype),
+            num_warps=launch.num_warps,
+        )
+    return (dx, dup, *_coefficient_grads(part, weight, bias))
+
+
+def poly_relu_forward(
+    x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """PolyReLU(x) (* up), shaped like x."""
+    r = weight.numel()
+    x2 = as_rows(x)
+    m, n = x2.shape
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    up2 = as_rows(up) if up is not None else x2
+    y2 = y.view(m, n)
+    launch = config.elementwise_launch(m, n)
+    with _device_guard(x):
+        poly_relu_fwd_kernel[launch.grid](
+            x2,
+            up2,
+            y2,
+            weight,
+            bias,
+            m,
+            n,
+            x2.stride(0),
+            up2.stride(0),
+            y2.stride(0),
+            R=r,
+            GATED=up is not None,
+            BLOCK_M=launch.block_m,
+            BLOCK_N=launch.block_n,
+            ACC=_tl_acc(x.dtype),
+            num_warps=launch.num_warps,
+        )
+    return y
+
+
+def poly_relu_backward(
+    grad: torch.Tensor, x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(dx, d_up or None, dweight, dbias) of PolyReLU."""
+    r = weight.numel()
+    x2 = as_rows(x)
+    m, n = x2.shape
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dup = torch.empty(up.shape, dtype=up.dtype, device=up.device) if up is not None else None
+    if m == 0:
+        return (dx, dup, *_zero_coefficient_grads(weight, bias))
+    g2 = as_rows(grad)
+    up2 = as_rows(up) if up is not None else x2
+    dx2 = dx.view(m, n)
+    dup2 = dup.view(m, n) if dup is not None else dx2
+    launch = config.elementwise_launch(m, n)
+    part = torch.empty(
+        (launch.grid[0] * launch.grid[1], r + 1), dtype=config.accumulator_dtype(x.dtype), device=x.device
+    )
+    with _device_guard(x):
+        poly_relu_bwd_kernel[launch.grid](
+            g2,
+            x2,
+            up2,
+            weight,
+            bias,
+            dx2,
+            dup2,
+            part,
+            m,
+            n,
+            g2.stride(0),
+            x2.stride(0),
+            up2.stride(0),
+            dx2.stride(0),
+            dup2.stride(0),
+            R=r,
+            GATED=up is not None,
+            BLOCK_M=launch.block_m,
+            BLOCK_N=launch.block_n,
+            ACC=_tl_acc(x.dtype),
+            num_warps=launch.num_warps,
+        )
+    return (dx, dup, *_coefficient_grads(part, weight, bias))

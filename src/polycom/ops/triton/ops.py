@@ -1,0 +1,124 @@
+"""`torch.library` custom ops around the PolyCom Triton kernels (``polycom::*``).
+
+Registering the kernels as custom ops with fake (meta) implementations and `register_autograd`
+makes them opaque, shape-correct nodes for `torch.compile` (no graph break, no tracing into
+Triton) and AOTAutograd, and lets `torch.library.opcheck` verify the registration.
+
+Ops (``up`` is None for the plain forms; ``d_up`` is then an empty tensor, since a custom op cannot
+return None):
+
+- ``polycom::poly_norm_fwd(x, up, weight, bias, eps) -> (y, rstd)``: rstd (M, r) fp32 row statistics
+  rsqrt(mean(x**(2i)) + eps), saved for the backward (the only state kept besides x and up);
+- ``polycom::poly_norm_bwd(grad, x, up, weight, bias, rstd) -> (dx, d_up, dweight, dbias)``;
+- ``polycom::poly_relu_fwd(x, up, weight, bias) -> y``;
+- ``polycom::poly_relu_bwd(grad, x, up, weight, bias) -> (dx, d_up, dweight, dbias)``.
+
+``eps`` is a ``float`` in the schema; it reaches the kernel as an fp32 scalar and is cast to the
+compute dtype inside the kernel, so it never promotes the math to fp64 under compile.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from polycom.ops.triton import config, launch
+
+_EMPTY_SHAPE = (0,)
+
+
+def _rows(x: Tensor) -> int:
+    """Number of rows M of the (M, n) view (works on fake tensors with symbolic shapes)."""
+    m = 1
+    for size in x.shape[:-1]:
+        m = m * size
+    return m
+
+
+def _empty_like_up(up: Tensor | None, x: Tensor) -> Tensor:
+    return up.new_empty(up.shape) if up is not None else x.new_empty(_EMPTY_SHAPE)
+
+
+# ---------------------------------------------------------------------------------------- PolyNorm
+
+
+@torch.library.custom_op("polycom::poly_norm_fwd", mutates_args=())
+def poly_norm_fwd(x: Tensor, up: Tensor | None, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    return launch.poly_norm_forward(x, up, weight, bias, eps)
+
+
+@poly_norm_fwd.register_fake
+def _poly_norm_fwd_fake(x, up, weight, bias, eps):
+    rstd = x.new_empty((_rows(x), weight.shape[0]), dtype=config.accumulator_dtype(x.dtype))
+    return x.new_empty(x.shape), rstd
+
+
+@torch.library.custom_op("polycom::poly_norm_bwd", mutates_args=())
+def poly_norm_bwd(
+    grad: Tensor, x: Tensor, up: Tensor | None, weight: Tensor, bias: Tensor, rstd: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dx, dup, dweight, dbias = launch.poly_norm_backward(grad, x, up, weight, bias, rstd)
+    return dx, dup if dup is not None else x.new_empty(_EMPTY_SHAPE), dweight, dbias
+
+
+@poly_norm_bwd.register_fake
+def _poly_norm_bwd_fake(grad, x, up, weight, bias, rstd):
+    return x.new_empty(x.shape), _empty_like_up(up, x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
+def _poly_norm_setup(ctx, inputs, output) -> None:
+    x, up, weight, bias, eps = inputs
+    _, rstd = output
+    ctx.mark_non_differentiable(rstd)
+    ctx.gated = up is not None
+    ctx.save_for_backward(x, up, weight, bias, rstd)
+
+
+def _poly_norm_backward(ctx, grad_y, _grad_rstd):
+    x, up, weight, bias, rstd = ctx.saved_tensors
+    dx, dup, dweight, dbias = poly_norm_bwd(grad_y, x, up, weight, bias, rstd)
+    return dx, (dup if ctx.gated else None), dweight, dbias, None
+
+
+poly_norm_fwd.register_autograd(_poly_norm_backward, setup_context=_poly_norm_setup)
+
+
+# ---------------------------------------------------------------------------------------- PolyReLU
+
+
+@torch.library.custom_op("polycom::poly_relu_fwd", mutates_args=())
+def poly_relu_fwd(x: Tensor, up: Tensor | None, weight: Tensor, bias: Tensor) -> Tensor:
+    return launch.poly_relu_forward(x, up, weight, bias)
+
+
+@poly_relu_fwd.register_fake
+def _poly_relu_fwd_fake(x, up, weight, bias):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("polycom::poly_relu_bwd", mutates_args=())
+def poly_relu_bwd(
+    grad: Tensor, x: Tensor, up: Tensor | None, weight: Tensor, bias: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dx, dup, dweight, dbias = launch.poly_relu_backward(grad, x, up, weight, bias)
+    return dx, dup if dup is not None else x.new_empty(_EMPTY_SHAPE), dweight, dbias
+
+
+@poly_relu_bwd.register_fake
+def _poly_relu_bwd_fake(grad, x, up, weight, bias):
+    return x.new_empty(x.shape), _empty_like_up(up, x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
+def _poly_relu_setup(ctx, inputs, output) -> None:
+    x, up, weight, bias = inputs
+    ctx.gated = up is not None
+    ctx.save_for_backward(x, up, weight, bias)
+
+
+def _poly_relu_backward(ctx, grad_y):
+    x, up, weight, bias = ctx.saved_tensors
+    dx, dup, dweight, dbias = poly_relu_bwd(grad_y, x, up, weight, bias)
+    return dx, (dup if ctx.gated else None), dweight, dbias
+
+
+poly_relu_fwd.register_autograd(_poly_relu_backward, setup_context=_poly_relu_setup)

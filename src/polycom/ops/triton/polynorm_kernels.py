@@ -1,0 +1,241 @@
+"""Triton kernels for PolyNorm (plain and gated), forward and backward.
+
+Notation (r = order, powers i = 1..r, one row of n values x):
+
+    m_i   = mean(x**(2i))                      (fp32 row statistics, all r in ONE pass over x)
+    rho_i = rsqrt(m_i + eps)                   (saved for the backward: r fp32 values per row)
+    c_i   = weight[r-i] * rho_i
+    y     = bias + sum_i c_i x**i              (Horner: no power tensor is materialised)
+    gated: out = y * up
+
+Backward, with g = dy (plain) or g = dy * up (gated) and the row dots S_i = sum(g * x**i):
+
+    dx        = g * sum_i i c_i x**(i-1)  -  x * sum_i k_i x**(2(i-1)),   k_i = i c_i rho_i**2 S_i / n
+    dweight[r-i] = sum over rows of rho_i S_i,     dbias = sum of g,      d_up = dy * y
+
+Column j (0-based) of the small per-row matrices [BLOCK_M, RP] holds power i = j + 1; RP is r rounded
+up to a power of two (Triton block shapes must be powers of two); padded columns carry zeros.
+
+Rows are addressed through a row stride, the last dimension must be contiguous. Row offsets are
+computed in int64 so tensors above 2**31 elements work.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _column(mat, ridx, j: tl.constexpr):
+    """Column j of a [BLOCK_M, RP] matrix as a [BLOCK_M, 1] tensor (select, so padded NaN/inf never leak)."""
+    return tl.sum(tl.where(ridx == j, mat, 0.0), axis=1)[:, None]
+
+
+@triton.jit
+def _add_even_power_sums(sums, x, ridx, R: tl.constexpr):
+    """sums[:, j] += sum over the tile of x**(2(j+1)) for j < R (x2, x4, ... from one load)."""
+    x2 = x * x
+    p = x2
+    for j in tl.static_range(R):
+        if j > 0:
+            p = p * x2
+        sums = tl.where(ridx == j, sums + tl.sum(p, axis=1)[:, None], sums)
+    return sums
+
+
+@triton.jit
+def _add_dot_sums(dots, g, x, ridx, R: tl.constexpr):
+    """dots[:, j] += sum over the tile of g * x**(j+1) for j < R."""
+    p = x
+    for j in tl.static_range(R):
+        if j > 0:
+            p = p * x
+        dots = tl.where(ridx == j, dots + tl.sum(g * p, axis=1)[:, None], dots)
+    return dots
+
+
+@triton.jit
+def _poly(x, coef, ridx, b, R: tl.constexpr):
+    """b + sum_j coef[:, j] x**(j+1) by Horner."""
+    acc = _column(coef, ridx, R - 1) + tl.zeros_like(x)
+    for jj in tl.static_range(R - 1):
+        acc = acc * x + _column(coef, ridx, R - 2 - jj)
+    return acc * x + b
+
+
+@triton.jit
+def _poly_dx(x, g, dcoef, kcoef, ridx, R: tl.constexpr):
+    """g * sum_j dcoef[:, j] x**j  -  x * sum_j kcoef[:, j] (x*x)**j (Horner in x and in x*x)."""
+    x2 = x * x
+    d = _column(dcoef, ridx, R - 1) + tl.zeros_like(x)
+    q = _column(kcoef, ridx, R - 1) + tl.zeros_like(x)
+    for jj in tl.static_range(R - 1):
+        d = d * x + _column(dcoef, ridx, R - 2 - jj)
+        q = q * x2 + _column(kcoef, ridx, R - 2 - jj)
+    return g * d - x * q
+
+
+@triton.jit
+def _row_weights(w_ptr, ridx, R: tl.constexpr, ACC: tl.constexpr):
+    """[1, RP] row whose column j is weight[R-1-j] (the coefficient of x**(j+1)); zero padding."""
+    return tl.load(w_ptr + (R - 1 - ridx), mask=ridx < R, other=0.0).to(ACC)
+
+
+@triton.jit
+def poly_norm_fwd_kernel(
+    x_ptr,
+    up_ptr,
+    y_ptr,
+    w_ptr,
+    b_ptr,
+    rstd_ptr,
+    M,
+    N,
+    stride_x,
+    stride_up,
+    stride_y,
+    eps,
+    R: tl.constexpr,
+    RP: tl.constexpr,
+    GATED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SINGLE_TILE: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """y[row] = PolyNorm(x[row]) (* up[row] if GATED); rstd[row, j] = rho_{j+1} (fp32, or fp64 for fp64)."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    rows64 = rows.to(tl.int64)[:, None]
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    ridx = tl.arange(0, RP)[None, :]
+    x_rows = x_ptr + rows64 * stride_x
+    y_rows = y_ptr + rows64 * stride_y
+    up_rows = up_ptr + rows64 * stride_up
+    w = _row_weights(w_ptr, ridx, R, ACC)
+    b = tl.load(b_ptr).to(ACC)
+    eps_acc = tl.cast(eps, ACC)  # a Python float must not turn the math into fp64 (nor stay fp64 for fp32)
+    sums = tl.zeros((BLOCK_M, RP), dtype=ACC)
+
+    if SINGLE_TILE:
+        mask = row_ok[:, None] & (cols < N)
+        x = tl.load(x_rows + cols, mask=mask, other=0.0).to(ACC)
+        sums = _add_even_power_sums(sums, x, ridx, R)
+        rstd = tl.rsqrt(sums / N + eps_acc)
+        coef = rstd * w
+        y = _poly(x, coef, ridx, b, R)
+        if GATED:
+            y = y * tl.load(up_rows + cols, mask=mask, other=0.0).to(ACC)
+        tl.store(y_rows + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        for start in range(0, N, BLOCK_N):
+            mask = row_ok[:, None] & (start + cols < N)
+            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            sums = _add_even_power_sums(sums, x, ridx, R)
+        rstd = tl.rsqrt(sums / N + eps_acc)
+        coef = rstd * w
+        for start in range(0, N, BLOCK_N):
+            mask = row_ok[:, None] & (start + cols < N)
+            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            y = _poly(x, coef, ridx, b, R)
+            if GATED:
+                y = y * tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            tl.store(y_rows + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+    tl.store(rstd_ptr + rows64 * R + ridx, rstd, mask=row_ok[:, None] & (ridx < R))
+
+
+@triton.jit
+def poly_norm_bwd_kernel(
+    dy_ptr,
+    x_ptr,
+    up_ptr,
+    rstd_ptr,
+    w_ptr,
+    b_ptr,
+    dx_ptr,
+    dup_ptr,
+    part_ptr,
+    M,
+    N,
+    stride_dy,
+    stride_x,
+    stride_up,
+    stride_dx,
+    stride_dup,
+    R: tl.constexpr,
+    RP: tl.constexpr,
+    GATED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SINGLE_TILE: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """dx (and d_up if GATED) for BLOCK_M rows; part[pid, j] = sum_rows rho_{j+1} S_{j+1}, part[pid, R] = sum g."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    rows64 = rows.to(tl.int64)[:, None]
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    ridx = tl.arange(0, RP)[None, :]
+    dy_rows = dy_ptr + rows64 * stride_dy
+    x_rows = x_ptr + rows64 * stride_x
+    up_rows = up_ptr + rows64 * stride_up
+    dx_rows = dx_ptr + rows64 * stride_dx
+    dup_rows = dup_ptr + rows64 * stride_dup
+    w = _row_weights(w_ptr, ridx, R, ACC)
+    b = tl.load(b_ptr).to(ACC)
+    rstd = tl.load(rstd_ptr + rows64 * R + ridx, mask=row_ok[:, None] & (ridx < R), other=0.0).to(ACC)
+    coef = rstd * w
+    dcoef = (ridx + 1).to(ACC) * coef
+    dots = tl.zeros((BLOCK_M, RP), dtype=ACC)
+    gsum = tl.zeros((BLOCK_M,), dtype=ACC)
+
+    if SINGLE_TILE:
+        mask = row_ok[:, None] & (cols < N)
+        x = tl.load(x_rows + cols, mask=mask, other=0.0).to(ACC)
+        dy = tl.load(dy_rows + cols, mask=mask, other=0.0).to(ACC)
+        if GATED:
+            up = tl.load(up_rows + cols, mask=mask, other=0.0).to(ACC)
+            g = dy * up
+        else:
+            g = dy
+        dots = _add_dot_sums(dots, g, x, ridx, R)
+        gsum += tl.sum(g, axis=1)
+        kcoef = dcoef * rstd * rstd * dots / N
+        dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
+        tl.store(dx_rows + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if GATED:
+            dup = dy * _poly(x, coef, ridx, b, R)
+            tl.store(dup_rows + cols, dup.to(dup_ptr.dtype.element_ty), mask=mask)
+    else:
+        for start in range(0, N, BLOCK_N):
+            mask = row_ok[:, None] & (start + cols < N)
+            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            g = tl.load(dy_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            if GATED:
+                g = g * tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            dots = _add_dot_sums(dots, g, x, ridx, R)
+            gsum += tl.sum(g, axis=1)
+        kcoef = dcoef * rstd * rstd * dots / N
+        for start in range(0, N, BLOCK_N):
+            mask = row_ok[:, None] & (start + cols < N)
+            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            dy = tl.load(dy_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            if GATED:
+                up = tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
+                g = dy * up
+            else:
+                g = dy
+            dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
+            tl.store(dx_rows + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            if GATED:
+                dup = dy * _poly(x, coef, ridx, b, R)
+                tl.store(dup_rows + start + cols, dup.to(dup_ptr.dtype.element_ty), mask=mask)
+
+    # Coefficient-gradient partials of this program (fp32; summed once by the caller, no atomics).
+    part_row = part_ptr + pid * (R + 1)
+    tl.store(part_row + tl.arange(0, RP), tl.sum(rstd * dots, axis=0), mask=tl.arange(0, RP) < R)
+    tl.store(part_row + R, tl.sum(gsum, axis=0))

@@ -1,0 +1,266 @@
+"""Triton PolyNorm / PolyReLU kernels (run by the interpreter on CPU) vs an fp64 reference.
+
+The fp64 reference is written here from the formulas (paper / official code order: weight[0]
+multiplies the highest power):
+
+    PolyNorm(x) = sum_{i=1..r} weight[r-i] * x**i / sqrt(mean(x**(2i)) + eps) + bias
+    PolyReLU(x) = sum_{i=1..r} weight[r-i] * relu(x)**i + bias
+    gated forms: f(gate) * up
+
+Accuracy rule (issue 3): the kernel's max error against fp64 must not exceed twice the error of the
+eager torch reference (`polycom.ops.reference`) at the same dtype, plus a floor of one unit in the
+last place of the output dtype at the tensor's scale (the interpreter truncates fp32 -> bf16/fp16
+stores instead of rounding, and tiny fp32 reductions can differ in order).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import polycom
+from polycom.ops import reference
+from polycom.ops.triton import config, launch
+
+EPS = 1e-6
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ------------------------------------------------------------------------------ fp64 formulas
+
+
+def poly_norm_fp64(x, weight, bias, eps=EPS):
+    r = weight.numel()
+    out = bias.expand_as(x)
+    for i in range(1, r + 1):
+        p = x**i
+        out = out + weight[r - i] * p / torch.sqrt((p * p).mean(-1, keepdim=True) + eps)
+    return out
+
+
+def poly_relu_fp64(x, weight, bias):
+    r = weight.numel()
+    t = torch.clamp(x, min=0)
+    out = bias.expand_as(x)
+    for i in range(1, r + 1):
+        out = out + weight[r - i] * t**i
+    return out
+
+
+FP64 = {"polynorm": poly_norm_fp64, "polyrelu": poly_relu_fp64}
+TORCH_REF = {
+    ("polynorm", False): lambda x, up, w, b: reference.poly_norm_reference(x, w, b, EPS),
+    ("polynorm", True): lambda x, up, w, b: reference.poly_norm_gated_reference(x, up, w, b, EPS),
+    ("polyrelu", False): lambda x, up, w, b: reference.poly_relu_reference(x, w, b),
+    ("polyrelu", True): lambda x, up, w, b: reference.poly_relu_gated_reference(x, up, w, b),
+}
+PUBLIC = {
+    ("polynorm", False): lambda x, up, w, b: polycom.poly_norm(x, w, b, EPS),
+    ("polynorm", True): lambda x, up, w, b: polycom.poly_norm_gated(x, up, w, b, EPS),
+    ("polyrelu", False): lambda x, up, w, b: polycom.poly_relu(x, w, b),
+    ("polyrelu", True): lambda x, up, w, b: polycom.poly_relu_gated(x, up, w, b),
+}
+
+
+def _fp64_forward(op, gated, x, up, w, b):
+    y = FP64[op](x, w, b)
+    return y * up if gated else y
+
+
+def _run(fn, x, up, w, b, dy):
+    """Output and gradients (x, up, weight, bias) of fn on leaf copies of the inputs."""
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (x, up, w, b)]
+    y = fn(*leaves)
+    y.backward(dy)
+    return [y.detach()] + [t.grad if t is not None else None for t in leaves]
+
+
+def _max_err(a, ref):
+    return (a.double() - ref).abs().max().item() if a.numel() else 0.0
+
+
+def _floor(t, scale_ref):
+    """One ulp of t's dtype at the scale of `scale_ref` (fp32 tensors: a few ulps, summation order differs)."""
+    scale = scale_ref.abs().max().item() if scale_ref.numel() else 0.0
+    ulps = 1.0 if t.dtype in (torch.bfloat16, torch.float16) else 16.0
+    return ulps * torch.finfo(t.dtype).eps * scale
+
+
+def check_against_fp64(op, gated, x, up, w, b, dy, *, names=("y", "dx", "dup", "dweight", "dbias")):
+    """Run kernels (triton backend), eager torch reference and fp64; assert the 2x-error rule."""
+    with polycom.use_backend("triton"):
+        ours = _run(PUBLIC[(op, gated)], x, up, w, b, dy)
+    torch_ref = _run(TORCH_REF[(op, gated)], x, up, w, b, dy)
+
+    def fp64(*tensors, transform=lambda t: t):
+        args = [transform(t.double()) if t is not None else None for t in tensors]
+        return _run(lambda *a: _fp64_forward(op, gated, *a), *args)
+
+    exact = fp64(x, up, w, b, dy)
+    # The coefficient gradients are sums of many signed terms that can nearly cancel; their rounding
+    # floor is set by the sum of the terms' magnitudes, i.e. the same gradient on |inputs|.
+    magnitude = fp64(x, up, w, b, dy, transform=torch.abs)
+    for name, o, t, e, mag in zip(names, ours, torch_ref, exact, magnitude):
+        if e is None:
+            assert o is None, name
+            continue
+        assert o.dtype == t.dtype and o.shape == t.shape, (name, o.dtype, t.dtype, o.shape, t.shape)
+        e_finite = torch.isfinite(e)
+        assert torch.isfinite(o[e_finite]).all(), f"{name}: non-finite values where the fp64 reference is finite"
+        err_ours = _max_err(o[e_finite], e[e_finite])
+        err_torch = _max_err(t[e_finite], e[e_finite])
+        scale_ref = mag if name in ("dweight", "dbias") else e[e_finite]
+        tol = 2.0 * err_torch + _floor(o, scale_ref)
+        assert err_ours <= tol, f"{name}: kernel error {err_ours:.3g} > 2 x torch error {err_torch:.3g} (+floor)"
+    return ours
+
+
+def _inputs(shape, dtype, r, gated, *, scale=1.0):
+    x = (torch.randn(shape) * scale).to(dtype)
+    up = torch.randn(shape).to(dtype) if gated else None
+    w = torch.randn(r) * 0.5 + 0.3
+    b = torch.randn(1)
+    dy = torch.randn(shape).to(dtype)
+    return x, up, w, b, dy
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Force the column-looped path for rows wider than 1024 (and 2-D tiles for the elementwise kernels)."""
+    monkeypatch.setattr(
+        config,
+        "TILING",
+        config.TilingLimits(max_single_tile_fwd=1024, max_single_tile_bwd=1024, loop_tile_fwd=1024, loop_tile_bwd=1024),
+    )
+
+
+# ------------------------------------------------------------------------------ the grid of cases
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+@pytest.mark.parametrize("r", [1, 2, 3, 5])
+@pytest.mark.parametrize("n", [1, 7, 64, 1000])
+def test_fp32_forward_and_grads_match_fp64(op, gated, r, n):
+    check_against_fp64(op, gated, *_inputs((3, n), torch.float32, r, gated))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+@pytest.mark.parametrize("r,n", [(1, 64), (2, 7), (3, 1000), (5, 64)])
+def test_half_precision_forward_and_grads_match_fp64(op, gated, r, n, dtype):
+    check_against_fp64(op, gated, *_inputs((4, n), DTYPES[dtype], r, gated))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("r", [2, 3, 5])
+def test_wide_rows_use_column_loop_and_match_fp64(small_tiles, gated, r, dtype):
+    n = 5000
+    assert not config.row_launch(2, n, backward=False).single_tile
+    assert not config.row_launch(2, n, backward=True).single_tile
+    check_against_fp64("polynorm", gated, *_inputs((2, n), DTYPES[dtype], r, gated))
+
+
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+def test_wide_rows_default_tiles_match_fp64(op):
+    check_against_fp64(op, True, *_inputs((2, 5000), torch.bfloat16, 3, True))
+
+
+def test_looped_and_single_tile_paths_agree(monkeypatch):
+    x, up, w, b, dy = _inputs((3, 3000), torch.float32, 3, True)
+    y1, rstd1 = launch.poly_norm_forward(x, up, w, b, EPS)
+    g1 = launch.poly_norm_backward(dy, x, up, w, b, rstd1)
+    monkeypatch.setattr(config, "TILING", config.TilingLimits(max_single_tile_fwd=512, max_single_tile_bwd=512))
+    y2, rstd2 = launch.poly_norm_forward(x, up, w, b, EPS)
+    g2 = launch.poly_norm_backward(dy, x, up, w, b, rstd2)
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rstd2, rstd1, rtol=1e-6, atol=0)
+    for a, c in zip(g2, g1):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ layouts
+
+
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_3d_input(op, dtype):
+    check_against_fp64(op, True, *_inputs((2, 3, 40), DTYPES[dtype], 3, True))
+
+
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+def test_row_strided_input_is_not_copied_and_matches(op):
+    base = torch.randn(2, 3, 100)
+    x = base[..., 10:74]  # contiguous last dim, row stride 100
+    assert launch.as_rows(x).data_ptr() == x.data_ptr()  # handled by the row stride, no copy
+    up = torch.randn(2, 3, 150)[..., :64]
+    w, b, dy = torch.randn(3), torch.randn(1), torch.randn(2, 3, 64)
+    check_against_fp64(op, True, x, up, w, b, dy)
+
+
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+def test_transposed_and_column_strided_inputs(op):
+    x = torch.randn(4, 3, 33).transpose(0, 1)  # leading dims not mergeable -> copied
+    up = torch.randn(33, 3, 4).permute(1, 2, 0)  # last dim not contiguous -> copied
+    w, b, dy = torch.randn(3), torch.randn(1), torch.randn(3, 4, 33)
+    check_against_fp64(op, True, x, up, w, b, dy)
+
+
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+def test_expanded_grad_output_and_grad_output_not_written(op):
+    x, up, w, b, _ = _inputs((3, 50), torch.float32, 3, True)
+    dy = torch.randn(1, 50).expand(3, 50)  # stride-0 rows
+    snapshot = dy.clone()
+    check_against_fp64(op, True, x, up, w, b, dy)
+    torch.testing.assert_close(dy, snapshot, rtol=0, atol=0)
+    dy2 = torch.randn(3, 50)
+    snapshot2 = dy2.clone()
+    with polycom.use_backend("triton"):
+        xx = x.clone().requires_grad_(True)
+        PUBLIC[(op, False)](xx, None, w, b).backward(dy2)
+    assert torch.equal(dy2, snapshot2)
+
+
+def test_empty_leading_dim():
+    w = torch.randn(3, requires_grad=True)
+    b = torch.randn(1, requires_grad=True)
+    with polycom.use_backend("triton"):
+        for fn in (polycom.poly_norm, polycom.poly_relu):
+            x = torch.randn(0, 8, requires_grad=True)
+            y = fn(x, w, b)
+            assert y.shape == (0, 8)
+            y.sum().backward()
+            assert x.grad.shape == (0, 8)
+    assert torch.equal(w.grad, torch.zeros(3)) and torch.equal(b.grad, torch.zeros(1))
+
+
+# ------------------------------------------------------------------------------ special values
+
+
+def _special_rows(n, dtype, huge, tiny):
+    x = torch.randn(5, n)
+    x[0] = 0.0  # zero row: y = bias, finite gradients
+    x[1] = torch.randn(n) * huge  # huge values (x**(2r) large but finite in fp32)
+    x[2] = torch.randn(n) * tiny  # tiny values (x**(2r) underflows)
+    x[3, 0] = huge  # one outlier dominating mean(x**(2r))
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+@pytest.mark.parametrize(
+    "dtype,r,huge,tiny",
+    [("fp32", 3, 1e3, 1e-20), ("fp32", 5, 300.0, 1e-20), ("bf16", 3, 1e3, 1e-20), ("fp16", 3, 300.0, 1e-6)],
+)
+def test_zero_huge_and_tiny_rows(op, dtype, r, huge, tiny):
+    x = _special_rows(96, DTYPES[dtype], huge, tiny)
+    up = torch.randn(x.shape).to(x.dtype)
+    w = torch.randn(r) * 0.5 + 0.3
+    b = torch.randn(1)
+    dy = torch.randn(x.shape).to(x.dtype)
+    if op == "polyrelu":  # keep PolyReLU outputs inside the storage range (fp16 max 65504)
+        x = torch.where(x.float().abs() > 20, torch.sign(x.float()) * 20, x.float()).to(x.dtype)
+    ours = check_against_fp64(op, True, x, up, w, b, dy)
+    if op == "polynorm":
+        torch.testing.assert_close(ours[0][0].float(), (b * up[0].float()).to(x.dtype).float(), rtol=0, atol=2e-2)
