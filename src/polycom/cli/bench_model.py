@@ -1,0 +1,159 @@
+"""`polycom bench model`: training-step time, tokens/s, MFU and peak memory of the LM per activation.
+
+Defaults: on a GPU the anchor config of anchor-measurements.md (preset `anchor`: d 1024, 8 layers,
+16 heads, vocab 32000; batch 16 x 1024, bf16 autocast, fused AdamW); on CPU the `tiny` preset with a
+small batch in fp32 (MFU and memory "n/a"). SwiGLU always runs first as the baseline. Rows (card,
+versions, git commit, date, settings, numbers) are appended to
+benchmarks/results/bench_model.jsonl unless --no-save.
+
+    polycom bench model --quick                      # ~1-2 min on an H100/H200
+    polycom bench model --activations swiglu,polynorm --steps 50 --compile
+    polycom bench model --preset paper-1b --batch-size 4 --seq-len 4096 --set n_layers=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from polycom.errors import UserError
+from polycom.models.benchmark import (
+    DEFAULT_ACTIVATIONS,
+    BenchSettings,
+    append_rows,
+    format_table,
+    run_benchmark,
+)
+from polycom.models.presets import get_preset
+
+DEFAULT_OUT = Path("benchmarks/results/bench_model.jsonl")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "model",
+        help="Training-step time, tokens/s, MFU and peak memory of the LM per activation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", help="model preset (default: anchor on GPU, tiny on CPU)")
+    p.add_argument(
+        "--activations",
+        default=",".join(DEFAULT_ACTIVATIONS),
+        help="comma-separated activations; swiglu is always added as the baseline (default: %(default)s)",
+    )
+    p.add_argument("--batch-size", type=int, help="sequences per step (default: 16 on GPU, 4 on CPU)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: 1024 on GPU, 128 on CPU)")
+    p.add_argument("--steps", type=int, help="timed steps (default 30 GPU / 5 CPU; 10 / 2 with --quick)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 5 GPU / 1 CPU; 3 / 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="few steps: a first look in ~1-2 minutes on a GPU")
+    p.add_argument(
+        "--dtype", choices=("bf16", "fp32"), help="bf16 autocast or plain fp32 (default: bf16 GPU, fp32 CPU)"
+    )
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--backend", choices=("auto", "torch", "triton"), help="PolyCom op backend for the run")
+    p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s for MFU when the card is not in the table")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config override, e.g. n_layers=4 or moe.top_k=2 (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON-lines file to append to (default: %(default)s)")
+    p.add_argument("--no-save", action="store_true", help="print the table only")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=run)
+
+
+def parse_overrides(items: list[str], preset: str) -> dict:
+    """KEY=VALUE strings -> ModelConfig overrides (values parsed as JSON when possible)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key.startswith("moe."):
+            if "moe" not in out:
+                base = get_preset(preset).to_dict()["moe"]
+                if base is None:
+                    raise UserError(f"--set {key}: preset {preset!r} is not a MoE model")
+                out["moe"] = base
+            out["moe"][key[4:]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.startswith("cuda")
+    preset = args.preset or ("anchor" if gpu else "tiny")
+    get_preset(preset)  # unknown -> ValueError listing the presets
+    activations = tuple(a.strip().lower() for a in args.activations.split(",") if a.strip())
+    if args.quick:
+        steps, warmup = (10, 3) if gpu else (2, 1)
+    else:
+        steps, warmup = (30, 5) if gpu else (5, 1)
+    return BenchSettings(
+        preset=preset,
+        activations=activations,
+        batch_size=args.batch_size or (16 if gpu else 4),
+        seq_len=args.seq_len or (1024 if gpu else 128),
+        steps=args.steps if args.steps is not None else steps,
+        warmup=args.warmup if args.warmup is not None else warmup,
+        dtype=args.dtype or ("bf16" if gpu else "fp32"),
+        device=device,
+        compile=args.compile,
+        backend=args.backend,
+        peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
+        overrides=parse_overrides(args.overrides, preset),
+        seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    settings = settings_from_args(args)
+    console = Console(stderr=True)
+    console.print(
+        f"bench model: preset {settings.preset}, batch {settings.batch_size} x {settings.seq_len}, {settings.dtype}, "
+        f"{settings.warmup} warmup + {settings.steps} timed steps on {settings.device}"
+    )
+    n = len({"swiglu", *settings.activations})
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("activations", total=n)
+        seen = []
+
+        def on_activation(name: str) -> None:
+            if seen:
+                progress.advance(task)
+            seen.append(name)
+            progress.update(task, description=f"measuring {name}")
+
+        rows = run_benchmark(settings, on_activation)
+        progress.advance(task)
+    first = rows[0]
+    print(f"card: {first['card']} | torch {first['versions']['torch']} | commit {first['commit']} | {first['date']}")
+    print(format_table(rows))
+    if first["peak_flops"] is None:
+        reason = "CPU run" if settings.device == "cpu" else "card not in the peak table; pass --peak-tflops"
+        print(f"MFU: n/a ({reason})")
+    if not args.no_save:
+        append_rows(args.out, rows)
+        print(f"appended {len(rows)} rows to {args.out}")
+    return 0

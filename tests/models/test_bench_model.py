@@ -1,0 +1,86 @@
+"""`polycom bench model` on CPU: writes complete rows, prints the table, rejects bad input clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from polycom.cli import main
+from polycom.models.benchmark import append_rows, peak_flops_for
+
+TINY = ["bench", "model", "--device", "cpu", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16"]
+FAST = ["--steps", "1", "--warmup", "0", "--set", "n_layers=1"]
+
+
+def test_cpu_run_appends_rows_with_metadata(tmp_path, capsys):
+    out = tmp_path / "results" / "bench.jsonl"
+    out.parent.mkdir()
+    out.write_text('{"old": 1}\n')
+    rc = main([*TINY, *FAST, "--activations", "polynorm", "--out", str(out)])
+    assert rc == 0
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[0]) == {"old": 1}  # appended, not overwritten
+    rows = [json.loads(line) for line in lines[1:]]
+    assert [r["activation"] for r in rows] == ["swiglu", "polynorm"]  # baseline first
+    for r in rows:
+        assert r["card"].startswith("CPU") and r["date"] and r["versions"]["torch"] == torch.__version__
+        assert "commit" in r and r["preset"] == "tiny" and r["overrides"] == {"n_layers": 1}
+        assert r["step_ms"] > 0 and r["tokens_per_s"] == pytest.approx(2 * 16 / (r["step_ms"] / 1e3))
+        assert r["mfu"] is None and r["peak_mem_gib"] is None  # CPU: n/a
+    assert rows[0]["step_vs_swiglu"] == 1.0
+    assert rows[1]["params_vs_swiglu"] == pytest.approx(1.0, abs=0.01)
+    printed = capsys.readouterr().out
+    assert "| polynorm |" in printed and "MFU: n/a (CPU run)" in printed
+
+
+def test_peak_override_gives_mfu_from_formula(tmp_path, capsys):
+    rc = main([*TINY, *FAST, "--activations", "swiglu", "--peak-tflops", "0.5", "--no-save"])
+    assert rc == 0
+    assert "n/a (CPU run)" not in capsys.readouterr().out
+    out = tmp_path / "r.jsonl"
+    main([*TINY, *FAST, "--activations", "gelu", "--peak-tflops", "0.5", "--out", str(out)])
+    for r in map(json.loads, out.read_text().splitlines()):
+        assert r["mfu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 0.5e12)
+
+
+def test_peak_table():
+    cuda = torch.device("cuda")
+    assert peak_flops_for("NVIDIA H100 80GB HBM3", cuda) == 989e12
+    assert peak_flops_for("NVIDIA H200", cuda) == 989e12
+    assert peak_flops_for("NVIDIA H100 PCIe", cuda) == 756e12
+    assert peak_flops_for("Some Future GPU", cuda) is None
+    assert peak_flops_for("NVIDIA H100 80GB HBM3", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--activations", "swish9"], "unknown activation 'swish9'"),
+        (["--set", "n_layerz=1"], "valid keys"),
+        (["--set", "n_layers"], "KEY=VALUE"),
+        (["--set", "moe.top_k=1"], "not a MoE model"),
+        (["--preset", "huge"], "unknown model preset"),
+        (["--steps", "0"], "steps must be >= 1"),
+    ],
+)
+def test_bad_input_exits_2_with_message(extra, message, capsys, tmp_path):
+    rc = main([*TINY, *FAST, *extra, "--out", str(tmp_path / "x.jsonl")])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_requested_without_gpu(capsys):
+    assert main(["bench", "model", "--device", "cuda", "--no-save"]) == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_append_rows_is_atomic_and_keeps_existing(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"a": 1}')  # no trailing newline
+    append_rows(path, [{"b": 2}])
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [{"a": 1}, {"b": 2}]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.jsonl"]
