@@ -1,0 +1,170 @@
+"""Harness model / run folder -> Hugging Face folder (`PolyComForCausalLM` + tokenizer), and back.
+
+Weights map one to one (``X`` -> ``model.X``, ``lm_head.weight`` unchanged; see `polycom.hf.modeling`).
+The folder holds ``config.json`` (``model_type: polycom``), ``model.safetensors``,
+``generation_config.json`` and the tokenizer files (``tokenizer.json`` + ``tokenizer_config.json``),
+so after ``import polycom.hf`` it loads with ``AutoModelForCausalLM`` / ``AutoTokenizer``.
+
+`export_model` writes into a temporary folder next to the target, reloads it through the Auto API,
+checks that its logits equal the harness model's on a probe batch, and only then renames it into
+place (atomic: a failed export leaves no half-written folder under the target name).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from polycom.errors import UserError
+
+HF_PREFIX = "model."
+
+
+def harness_state_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Harness state-dict names -> `PolyComForCausalLM` names (prefix ``model.`` except ``lm_head``)."""
+    return {(k if k.startswith("lm_head.") else HF_PREFIX + k): v for k, v in state.items()}
+
+
+def hf_state_to_harness(state: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
+    """`PolyComForCausalLM` names -> harness names (``lm_head.weight`` dropped when tied)."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("lm_head."):
+            if not tied:
+                out[k] = v
+        elif k.startswith(HF_PREFIX):
+            out[k[len(HF_PREFIX) :]] = v
+        else:
+            raise ValueError(f"unexpected parameter name {k!r} in a PolyComForCausalLM state dict")
+    return out
+
+
+def harness_to_hf(model: nn.Module, **config_kwargs: Any):
+    """A `PolyComForCausalLM` holding a copy of the weights of a harness `PolyComLM` (same device/dtype)."""
+    from polycom.hf.configuration import PolyComConfig
+    from polycom.hf.modeling import PolyComForCausalLM
+    from polycom.models import PolyComLM
+
+    if not isinstance(model, PolyComLM):
+        raise TypeError(f"expected a polycom.models.PolyComLM, got {type(model).__name__}")
+    config = PolyComConfig.from_model_config(model.config, **config_kwargs)
+    ref = model.embed.weight
+    with torch.device("meta"):
+        hf = PolyComForCausalLM(config)
+    hf = hf.to_empty(device=ref.device)
+    state = harness_state_to_hf(model.state_dict())
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if config.tie_word_embeddings:
+        hf.tie_weights()
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(f"harness -> HF weight mapping failed: missing {missing}, unexpected {unexpected}")
+    return hf.to(ref.dtype).eval()
+
+
+def hf_to_harness(hf_model) -> nn.Module:
+    """A harness `PolyComLM` with the weights of a `PolyComForCausalLM`."""
+    from polycom.models import build_model
+
+    mc = hf_model.config.to_model_config()
+    model = build_model(mc, device="meta").to_empty(device=hf_model.device)
+    model.load_state_dict(hf_state_to_harness(hf_model.state_dict(), mc.tie_embeddings))
+    return model.to(hf_model.dtype).eval()
+
+
+def _probe_ids(vocab_size: int, length: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (2, length), generator=g)
+
+
+@torch.no_grad()
+def verify_export(folder: str | Path, model: nn.Module, atol: float = 1e-4) -> float:
+    """Reload `folder` with AutoModelForCausalLM and compare logits with the harness `model`; returns max |diff|."""
+    from transformers import AutoModelForCausalLM
+
+    import polycom.hf  # noqa: F401  (Auto registration)
+
+    reloaded = AutoModelForCausalLM.from_pretrained(str(folder), dtype=model.embed.weight.dtype).eval()
+    ids = _probe_ids(model.config.vocab_size, min(16, model.config.max_seq_len))
+    was_training = model.training
+    model.eval()
+    try:
+        expected = model(ids.to(model.embed.weight.device)).logits.float().cpu()
+    finally:
+        model.train(was_training)
+    got = reloaded(ids).logits.float()
+    diff = (got - expected).abs().max().item()
+    if not diff <= atol:
+        raise UserError(f"exported model in {folder} does not reproduce the harness logits (max |diff| = {diff:.3g})")
+    return diff
+
+
+def export_model(
+    model: nn.Module,
+    tokenizer,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    verify: bool = True,
+    source: dict[str, Any] | None = None,
+) -> Path:
+    """Write harness `model` + harness `tokenizer` as a Hugging Face folder at `out_dir` (see module docstring)."""
+    from polycom.hf.tokenizer import to_hf_tokenizer
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(
+            f"tokenizer vocabulary ({tokenizer.vocab_size}) is larger than the model's vocab_size "
+            f"({model.config.vocab_size}): this tokenizer does not belong to this model"
+        )
+    hf_tok = to_hf_tokenizer(tokenizer) if tokenizer is not None else None
+    extra: dict[str, Any] = {}
+    eos = getattr(tokenizer, "eos_id", None)
+    if eos is not None:
+        extra.update(eos_token_id=eos, pad_token_id=eos)
+    if source:
+        extra["polycom_source"] = source
+    hf = harness_to_hf(model, **extra)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        hf.save_pretrained(str(tmp), safe_serialization=True)
+        if hf_tok is not None:
+            hf_tok.save_pretrained(str(tmp))
+        if verify:
+            verify_export(tmp, model)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, *, step: int | None = None, overwrite: bool = False, verify: bool = True
+) -> Path:
+    """Export the latest (or `step`) checkpoint of a harness run folder with its tokenizer."""
+    from polycom.train.checkpoint import find_checkpoint, load_run_model
+
+    run = Path(run_dir).expanduser()
+    if not run.is_dir():
+        raise UserError(f"run folder {run} not found")
+    ckpt = find_checkpoint(run, step)
+    model, _, tokenizer = load_run_model(run, device="cpu", step=step)
+    source = {"run": str(run.resolve()), "checkpoint": ckpt.name}
+    return export_model(model, tokenizer, out_dir, overwrite=overwrite, verify=verify, source=source)

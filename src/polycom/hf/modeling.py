@@ -1,0 +1,307 @@
+"""`PolyComForCausalLM`: the harness decoder (`polycom.models.PolyComLM`) as a transformers model.
+
+Same architecture and parameters, computed by the same building blocks (`polycom.MLP`, the harness
+`MoEMLP`, `RMSNorm`, `rope_tables` / `apply_rope`), so a harness checkpoint loads one to one:
+
+    harness key  X           ->  HF key  model.X        (embed, layers.{i}.*, norm)
+    harness key  lm_head.weight  ->  HF key  lm_head.weight (tied to model.embed.weight when tie_word_embeddings)
+
+What transformers adds: a `Cache` (``DynamicCache``) for ``generate()``, 2-D padding masks
+(``attention_mask``), position ids derived from the mask for left-padded batches, the HF loss
+convention (``labels`` = ``input_ids``, shifted inside; loss = mean token cross-entropy + MoE
+auxiliary loss, as the harness), safetensors ``save_pretrained`` / ``from_pretrained``.
+
+Per block:  a = h + o_proj(attn(RoPE(q), RoPE(k), v))    on attn_norm(h)
+            h' = a + mlp(mlp_norm(a))                    (dense MLP or MoE)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, MoeCausalLMOutputWithPast
+
+from polycom.hf.configuration import PolyComConfig
+from polycom.models.layers import RMSNorm, apply_rope, rope_tables
+from polycom.models.moe import Experts, MoEMLP
+from polycom.modules.mlp import MLP
+from polycom.modules.polycom import _PolyCoefficients
+
+
+@dataclass
+class PolyComModelOutput(BaseModelOutputWithPast):
+    """`BaseModelOutputWithPast` plus the MoE layers' `RouterStats` (empty list for dense models)."""
+
+    router_stats: list | None = None
+
+
+def rope_for_positions(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (B, 1, T, head_dim) for position ids (B, T), from the harness `rope_tables` (same values)."""
+    B, T = position_ids.shape
+    cos, sin = rope_tables(position_ids.reshape(-1), head_dim, theta)
+    return cos.view(B, 1, T, head_dim), sin.view(B, 1, T, head_dim)
+
+
+class PolyComAttention(nn.Module):
+    """Causal (grouped-query) self-attention with RoPE, optional QK-norm and a transformers `Cache`.
+
+    Same parameters and math as `polycom.models.Attention`; x (B, T, d) -> (B, T, d).
+    """
+
+    def __init__(self, config: PolyComConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        d, hd = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
+        self.o_proj._polycom_output_proj = True  # scaled init (see PolyComPreTrainedModel._init_weights)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.n_heads * hd, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.n_kv_heads * hd, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        if self.n_kv_heads != self.n_heads:
+            repeat = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(repeat, dim=1)
+            v = v.repeat_interleave(repeat, dim=1)
+        if mask is None:
+            # no padding, no past: the plain causal path, as the harness model
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.o_proj(out)
+
+
+class PolyComDecoderLayer(nn.Module):
+    """Pre-norm block; names as the harness `Block` (attn_norm, attn, mlp_norm, mlp)."""
+
+    def __init__(self, config: PolyComConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = PolyComAttention(config, layer_idx)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        if config.is_moe:
+            self.mlp = MoEMLP(config.to_model_config())
+        else:
+            mc = config.to_model_config()
+            self.mlp = MLP(
+                config.hidden_size,
+                config.activation,
+                config.intermediate_size,
+                activation_kwargs=mc.activation_kwargs() or None,
+            )
+            self.mlp.down_proj._polycom_output_proj = True
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
+        out = self.mlp(self.mlp_norm(x))
+        stats = None
+        if isinstance(out, tuple):
+            out, stats = out
+        return x + out, stats
+
+
+class PolyComPreTrainedModel(PreTrainedModel):
+    config_class = PolyComConfig
+    config: PolyComConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["PolyComDecoderLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Harness init: N(0, std^2); o_proj/down_proj N(0, (std / sqrt(2 L))^2); norms 1; PolyCom 1/r, 0."""
+        std = self.config.initializer_range
+        out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, 0.0, out_std if getattr(module, "_polycom_output_proj", False) else std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, 0.0, std)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, _PolyCoefficients):
+            init.constant_(module.weight, 1.0 / module.order)
+            init.zeros_(module.bias)
+        elif isinstance(module, Experts):
+            for w in (module.gate_proj, module.up_proj):
+                if w is not None:
+                    init.normal_(w, 0.0, std)
+            init.normal_(module.down_proj, 0.0, out_std)
+
+
+class PolyComModel(PolyComPreTrainedModel):
+    """The decoder without the output head: embed -> blocks -> final norm. Names as the harness model."""
+
+    def __init__(self, config: PolyComConfig) -> None:
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(PolyComDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> PolyComModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids or inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past = cache.get_seq_length() if cache is not None else 0
+        position_ids = self._positions(position_ids, attention_mask, B, T, past, x.device)
+        cos, sin = rope_for_positions(position_ids, self.config.head_dim, self.config.rope_theta)
+        mask = self._attention_mask(attention_mask, B, T, past, x.device)
+
+        aux_stats = []
+        for layer in self.layers:
+            x, stats = layer(x, cos, sin, mask, cache)
+            if stats is not None:
+                aux_stats.append(stats)
+        x = self.norm(x)
+        return PolyComModelOutput(last_hidden_state=x, cache=cache if use_cache else None, router_stats=aux_stats)
+
+    @staticmethod
+    def _positions(position_ids, attention_mask, B, T, past, device) -> torch.Tensor:
+        if position_ids is not None:
+            return position_ids.to(device).expand(B, T)
+        if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+            # left padding: a token's position counts only the real tokens before it
+            pos = attention_mask.long().cumsum(-1) - 1
+            return pos.clamp(min=0)[:, -T:].to(device)
+        return torch.arange(past, past + T, device=device).expand(B, T)
+
+    @staticmethod
+    def _attention_mask(attention_mask, B, T, past, device) -> torch.Tensor | None:
+        """None for the plain causal case; else a bool (B, 1, T, past + T) mask (True = attend)."""
+        has_padding = attention_mask is not None and not bool(attention_mask.all())
+        if past == 0 and not has_padding:
+            return None
+        qpos = torch.arange(past, past + T, device=device)[:, None]
+        kpos = torch.arange(past + T, device=device)[None, :]
+        mask = (kpos <= qpos)[None, None]  # (1, 1, T, S)
+        if has_padding:
+            keep = attention_mask.to(device=device, dtype=torch.bool)[:, -(past + T) :]
+            mask = mask & keep[:, None, None, :]
+            mask = mask | (kpos == qpos)[None, None]  # a padded query attends to itself: no all-masked row (NaN)
+        return mask.expand(B, 1, T, past + T)
+
+
+class PolyComForCausalLM(PolyComPreTrainedModel, GenerationMixin):
+    """PolyCom decoder with the LM head. forward(input_ids, labels=...) -> MoeCausalLMOutputWithPast."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed.weight"}
+
+    def __init__(self, config: PolyComConfig) -> None:
+        super().__init__(config)
+        self.model = PolyComModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> MoeCausalLMOutputWithPast:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
+        hidden = out.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden = hidden[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)
+
+        aux_loss = None
+        stats = out.router_stats
+        if stats:
+            lb = torch.stack([s.lb_loss for s in stats]).mean()
+            z = torch.stack([s.z_loss for s in stats]).mean()
+            aux_loss = self.config.router_aux_loss_coef * lb + self.config.router_z_loss_coef * z
+        loss = None
+        if labels is not None:
+            # HF convention: labels align with input_ids; predict token t+1 from position t. Loss in fp32.
+            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+            loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+            if aux_loss is not None:
+                loss = loss + aux_loss
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits, cache=out.cache)

@@ -1,0 +1,74 @@
+"""Tiny transformers models built from configs (no downloads) and an fp64 PolyCom reference for the HF tests."""
+
+from __future__ import annotations
+
+import torch
+
+VOCAB = 64
+
+
+def tiny_models() -> dict:
+    """name -> zero-argument factory of a tiny causal LM (2 layers, width 32)."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    gated = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return {
+        "llama": lambda: LlamaForCausalLM(LlamaConfig(**gated)),
+        "mistral": lambda: MistralForCausalLM(MistralConfig(**gated)),
+        "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**gated)),
+        "gpt2": lambda: GPT2LMHeadModel(
+            GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
+        ),
+        "gpt_neox": lambda: GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=64,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        ),
+    }
+
+
+GATED = {"llama", "mistral", "qwen2"}
+
+
+def polynorm_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """sum_{i=1..r} weight[r-i] * N(x**i) + bias, N(u) = u / sqrt(mean(u**2) + eps), in fp64."""
+    x = x.double()
+    r = weight.numel()
+    out = torch.zeros_like(x) + bias.double()
+    for i in range(1, r + 1):
+        u = x**i
+        out = out + weight[r - i].double() * u / torch.sqrt(u.square().mean(-1, keepdim=True) + eps)
+    return out
+
+
+def polyrelu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """sum_{i=1..r} weight[r-i] * relu(x)**i + bias in fp64."""
+    x = torch.relu(x.double())
+    r = weight.numel()
+    return sum(weight[r - i].double() * x**i for i in range(1, r + 1)) + bias.double()
