@@ -196,3 +196,38 @@ def test_moe_under_bf16_autocast():
     assert out.aux_loss.dtype == torch.float32
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("activation", ["polynorm", "swiglu"])
+def test_grouped_mm_path_matches_expert_loop_under_bf16(activation, monkeypatch):
+    calls = []
+    real = torch.nn.functional.grouped_mm
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", spy)
+    cfg = ModelConfig(
+        vocab_size=64, d_model=64, n_layers=1, n_heads=4, activation=activation, moe=MoEConfig(16, 2, grouped_mm=True)
+    )
+    layer = build_model(cfg).layers[0].mlp
+    x = torch.randn(1, 5, 64)  # 10 assignments over 16 experts: some experts get no token
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_grouped, stats = layer(x)
+    assert len(calls) == (3 if activation == "swiglu" else 2) and (stats.tokens_per_expert == 0).any()
+    y_grouped.float().square().sum().backward()
+    grads = [p.grad.clone() for p in layer.experts.parameters()]
+    layer.zero_grad()
+    layer.use_grouped_mm = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_loop, _ = layer(x)
+    y_loop.float().square().sum().backward()
+    assert len(calls) == (3 if activation == "swiglu" else 2)
+    torch.testing.assert_close(y_grouped, y_loop, rtol=2e-2, atol=1e-3)
+    for g, p in zip(grads, layer.experts.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=2e-2, atol=1e-3)
+    # In fp32 (no autocast) the grouped path is not taken: the loop runs.
+    layer.use_grouped_mm = True
+    layer(x)
+    assert len(calls) == (3 if activation == "swiglu" else 2)

@@ -40,6 +40,9 @@ class MoEConfig:
         as OLMoE (``norm_topk_prob = false``): the combine weights are the raw softmax probabilities.
     lb_loss_coef: weight of the load-balancing loss E * sum_e f_e * P_e.
     z_loss_coef: weight of the router z-loss mean_t(logsumexp(logits_t)**2).
+    grouped_mm: run the expert matmuls with one `torch.nn.functional.grouped_mm` call each (bf16
+        operands, e.g. under bf16 autocast; CUDA SM80+ or CPU) instead of a loop over experts; falls
+        back to the loop when the operands are not bf16. Same numbers up to bf16 rounding.
     """
 
     num_experts: int = 8
@@ -49,6 +52,7 @@ class MoEConfig:
     normalize_top_k: bool = False
     lb_loss_coef: float = 0.01
     z_loss_coef: float = 0.001
+    grouped_mm: bool = False
 
     def validate(self) -> None:
         if self.num_experts < 1:

@@ -53,11 +53,42 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.float(), dim=-1).square().mean()
 
 
-class Experts(nn.Module):
-    """E expert MLPs with stacked weights. `forward` runs each expert on its contiguous token segment.
+def grouped_linear(
+    x: torch.Tensor, weight: torch.Tensor, counts: list[int], offsets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-expert linear on expert-sorted rows: x (M, in), weight (E, out, in) -> (M, out).
 
-    act: one activation module shared by all experts (PolyCom coefficients per layer, the paper),
-    or a ModuleList of E modules (per-expert coefficients).
+    Rows [sum(counts[:e]), sum(counts[:e+1])) use weight[e]. With `offsets` (int32 cumulative counts)
+    one `F.grouped_mm` kernel does every expert; without, a loop over experts (never over tokens).
+    """
+    if offsets is not None:
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        return F.grouped_mm(x.to(dtype), weight.to(dtype).transpose(-2, -1), offs=offsets)
+    parts, start = [], 0
+    for e, n in enumerate(counts):
+        if n:
+            parts.append(F.linear(x[start : start + n], weight[e]))
+        start += n
+    if not parts:
+        return x.new_zeros(0, weight.shape[1])
+    return torch.cat(parts, dim=0)
+
+
+def grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """`F.grouped_mm` exists and would see bf16 operands (its kernels' requirement)."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    return dtype == torch.bfloat16 and weight.dtype in (torch.bfloat16, torch.float32)
+
+
+class Experts(nn.Module):
+    """E expert MLPs with stacked weights, run on expert-sorted tokens in three phases.
+
+    up (and gate) projections of every expert -> activation -> down projections. A shared activation
+    (per-layer PolyCom coefficients, the paper) is applied once to all rows (PolyNorm normalises
+    each row over its expert hidden vector, so this equals applying it per expert); per-expert
+    activations (a ModuleList) are applied segment by segment.
     """
 
     def __init__(self, num_experts: int, d_model: int, hidden_size: int, gated: bool) -> None:
@@ -72,10 +103,31 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(E, d, h))
 
     def expert_forward(self, e: int, x: torch.Tensor, act: nn.Module) -> torch.Tensor:
-        """Expert `e` on tokens x (n, d) -> (n, d)."""
+        """Expert `e` alone on tokens x (n, d) -> (n, d) (reference path, used for checks)."""
         up = F.linear(x, self.up_proj[e])
         hidden = act(F.linear(x, self.gate_proj[e]), up) if self.gated else act(up)
         return F.linear(hidden, self.down_proj[e])
+
+    def forward(
+        self, x: torch.Tensor, counts: list[int], act: nn.Module | nn.ModuleList, use_grouped_mm: bool = False
+    ) -> torch.Tensor:
+        """x (M, d) sorted by expert with counts[e] rows for expert e -> (M, d)."""
+        offsets = None
+        if use_grouped_mm and grouped_mm_supported(x, self.up_proj):
+            offsets = torch.tensor(counts, device=x.device).cumsum(0).to(torch.int32)
+        up = grouped_linear(x, self.up_proj, counts, offsets)
+        gate = grouped_linear(x, self.gate_proj, counts, offsets) if self.gated else None
+        if isinstance(act, nn.ModuleList):
+            parts, start = [], 0
+            for e, n in enumerate(counts):
+                if n:
+                    seg = slice(start, start + n)
+                    parts.append(act[e](gate[seg], up[seg]) if self.gated else act[e](up[seg]))
+                start += n
+            hidden = torch.cat(parts, dim=0) if parts else up
+        else:
+            hidden = act(gate, up) if self.gated else act(up)
+        return grouped_linear(hidden, self.down_proj, counts, offsets)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, d_model={self.d_model}, hidden_size={self.hidden_size}, gated={self.gated}"
@@ -91,6 +143,7 @@ class MoEMLP(nn.Module):
         self.num_experts = moe.num_experts
         self.top_k = moe.top_k
         self.normalize_top_k = moe.normalize_top_k
+        self.use_grouped_mm = moe.grouped_mm
         self.router = nn.Linear(cfg.d_model, moe.num_experts, bias=False)
         self.experts = Experts(moe.num_experts, cfg.d_model, cfg.expert_hidden_size(), cfg.gated)
         if moe.shared_coefficients:
@@ -125,14 +178,9 @@ class MoEMLP(nn.Module):
         permuted = flat.index_select(0, token_of)
         combine = weights.flatten().index_select(0, order)
 
-        outputs = []
-        start = 0
-        for e, n in enumerate(counts.tolist()):
-            if n:
-                act = self.act if self.expert_acts is None else self.expert_acts[e]
-                outputs.append(self.experts.expert_forward(e, permuted[start : start + n], act))
-            start += n
-        expert_out = torch.cat(outputs, dim=0).float() * combine[:, None]
+        act = self.act if self.expert_acts is None else self.expert_acts
+        expert_out = self.experts(permuted, counts.tolist(), act, self.use_grouped_mm)
+        expert_out = expert_out.float() * combine[:, None]
         # Sum the k weighted expert outputs of each token in fp32, then cast once.
         y = torch.zeros(flat.shape[0], d, device=x.device, dtype=torch.float32).index_add_(0, token_of, expert_out)
         stats = RouterStats(
