@@ -114,3 +114,18 @@ def test_generate_restores_training_mode():
     model.eval()
     model.generate(torch.tensor([[1, 2]]), 3)
     assert not model.training
+
+
+def test_cache_follows_autocast_dtype():
+    model = make()
+    ids = torch.randint(0, 47, (2, 5))
+    cache = model.new_cache(2, 10)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids, cache=cache)
+        model(ids[:, :1], cache=cache)
+    assert cache.k.dtype == torch.bfloat16 and cache.length == 6
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.generate(ids, 4, temperature=0)
+    assert out.shape == (2, 9)
+    with pytest.raises(ValueError, match="KV cache holds 10 positions"):
+        model(torch.randint(0, 47, (2, 5)), cache=cache)

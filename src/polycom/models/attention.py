@@ -20,6 +20,8 @@ class KVCache:
 
     `length` is the number of positions already written; `Attention.forward` writes the new keys
     and values at [length, length + T) and `PolyComLM.forward` advances `length` after the last layer.
+    With `dtype=None` the storage is allocated at the first write in the dtype of the keys (bf16
+    under bf16 autocast), so attention never mixes dtypes.
     """
 
     def __init__(
@@ -31,19 +33,28 @@ class KVCache:
         head_dim: int,
         *,
         device: torch.device | str,
-        dtype: torch.dtype,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)
+        self.device = device
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        if dtype is not None:
+            self._allocate(dtype)
         self.max_len = max_len
         self.length = 0
+
+    def _allocate(self, dtype: torch.dtype) -> None:
+        self.k = torch.zeros(self.shape, device=self.device, dtype=dtype)
+        self.v = torch.zeros(self.shape, device=self.device, dtype=dtype)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, H_kv, T, hd) at the current position; return all keys/values so far."""
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to position {end}")
+        if self.k is None:
+            self._allocate(k.dtype)
         self.k[layer, :, :, start:end] = k.to(self.k.dtype)
         self.v[layer, :, :, start:end] = v.to(self.v.dtype)
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]

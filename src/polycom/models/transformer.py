@@ -199,6 +199,7 @@ class PolyComLM(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` sequences of up to `max_len` (default max_seq_len) tokens."""
         cfg = self.config
         p = self.embed.weight
         return KVCache(
@@ -208,7 +209,7 @@ class PolyComLM(nn.Module):
             max_len or cfg.max_seq_len,
             cfg.head_dim,
             device=p.device,
-            dtype=dtype or p.dtype,
+            dtype=dtype,
         )
 
     def generate(
