@@ -84,3 +84,16 @@ def test_append_rows_is_atomic_and_keeps_existing(tmp_path):
     append_rows(path, [{"b": 2}])
     assert [json.loads(x) for x in path.read_text().splitlines()] == [{"a": 1}, {"b": 2}]
     assert [p.name for p in tmp_path.iterdir()] == ["a.jsonl"]
+
+
+def test_moe_preset_with_checkpointing_and_grouped_mm(tmp_path):
+    out = tmp_path / "moe.jsonl"
+    args = ["bench", "model", "--device", "cpu", "--preset", "moe-tiny", "--batch-size", "2", "--seq-len", "16"]
+    args += [*FAST, "--activations", "polynorm", "--set", "moe.grouped_mm=true", "--dtype", "bf16"]
+    assert main([*args, "--activation-checkpointing", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["activation"] for r in rows] == ["swiglu", "polynorm"]
+    assert all(r["activation_checkpointing"] and r["dtype"] == "bf16" for r in rows)
+    assert rows[0]["hidden_size"] == 64 and rows[1]["hidden_size"] == 96  # expert widths, parameter matched
+    assert rows[1]["active_params"] < rows[1]["params"]
+    assert rows[0]["overrides"]["moe"]["grouped_mm"] is True

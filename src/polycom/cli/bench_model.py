@@ -55,6 +55,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--activation-checkpointing", action="store_true", help="recompute every block in backward (saves memory)"
+    )
     p.add_argument("--backend", choices=("auto", "torch", "triton"), help="PolyCom op backend for the run")
     p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s for MFU when the card is not in the table")
     p.add_argument(
@@ -115,6 +118,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         dtype=args.dtype or ("bf16" if gpu else "fp32"),
         device=device,
         compile=args.compile,
+        activation_checkpointing=args.activation_checkpointing,
         backend=args.backend,
         peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
         overrides=parse_overrides(args.overrides, preset),

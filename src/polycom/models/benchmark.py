@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import gc
 import json
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from polycom.models.config import ModelConfig
 from polycom.models.presets import get_preset
@@ -60,6 +62,7 @@ class BenchSettings:
     dtype: str = "bf16"  # autocast dtype: bf16 | fp32 (no autocast)
     device: str = "cuda"
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block in backward (less memory, more time)
     backend: str | None = None  # POLYCOM_BACKEND for the run (torch | triton | auto); None = leave as is
     peak_flops: float | None = None  # override of the peak table
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -157,6 +160,9 @@ def measure_activation(settings: BenchSettings, activation: str, device: torch.d
     model.train()
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, **fused)
+    if settings.activation_checkpointing:
+        for block in model.layers:
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
     step_fn: Callable = model
     if settings.compile:
         step_fn = torch.compile(model)
@@ -236,6 +242,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] | Non
             "seq_len": settings.seq_len,
             "dtype": settings.dtype,
             "compile": settings.compile,
+            "activation_checkpointing": settings.activation_checkpointing,
             "backend": os.environ.get("POLYCOM_BACKEND", "auto"),
             "steps": settings.steps,
             "warmup": settings.warmup,
