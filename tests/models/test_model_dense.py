@@ -224,3 +224,22 @@ def test_autocast_bf16_cpu_forward_backward(activation):
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.embed.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "gelu", "polyrelu", "polynorm"])
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_model_learns_a_fixed_batch(activation, moe):
+    from polycom.models import MoEConfig
+
+    cfg = tiny(activation=activation, moe=MoEConfig(num_experts=4, top_k=2) if moe else None)
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = torch.randint(0, 61, (4, 24))
+    first = None
+    for _ in range(25):
+        out = model(ids[:, :-1], ids[:, 1:])
+        first = first if first is not None else out.ce_loss.item()
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert out.ce_loss.item() < 0.5 * first, (first, out.ce_loss.item())
