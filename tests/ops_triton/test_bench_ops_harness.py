@@ -1,0 +1,84 @@
+"""`polycom bench ops` harness on CPU: clear refusal without CUDA, CPU smoke run, refusal to time a wrong kernel.
+
+(Speed numbers need a GPU; here only the harness logic is tested: rows, statistics, traffic model.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from polycom.cli import bench_ops as cli_bench_ops
+from polycom.cli import main as polycom_main
+
+script = cli_bench_ops.load_script()
+
+
+def test_script_is_found_from_the_cli():
+    assert script is not None and cli_bench_ops.SCRIPT.name == "bench_ops.py"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")
+def test_without_cuda_exits_with_clear_message(capsys, tmp_path):
+    code = polycom_main(["bench", "ops", "--quick", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "needs a CUDA GPU" in err and "nothing was measured" in err
+    assert not (tmp_path / "ops.jsonl").exists()
+
+
+def test_bad_arguments_are_user_errors(capsys):
+    assert polycom_main(["bench", "ops", "--device", "cpu", "--shapes", "12by5"]) == 2
+    assert "TOKENSxHIDDEN" in capsys.readouterr().err
+    assert polycom_main(["bench", "ops", "--device", "cpu", "--ops", "softmax"]) == 2
+    assert "unknown op softmax" in capsys.readouterr().err
+
+
+def test_quantiles_and_traffic_model():
+    q = script.quantiles([5.0, 1.0, 2.0, 3.0, 4.0])
+    assert q == {"median_ms": 3.0, "p20_ms": 1.8, "p80_ms": 4.2}
+    s = 8 * 16 * 2  # bf16 bytes of one (8, 16) tensor
+    assert script.min_bytes("polynorm", "fwd", 8, 16, torch.bfloat16) == 2 * s
+    assert script.min_bytes("polynorm", "bwd", 8, 16, torch.bfloat16) == 3 * s
+    assert script.min_bytes("polynorm_gated", "fwdbwd", 8, 16, torch.bfloat16) == (3 + 5) * s
+    assert script.min_bytes("swiglu", "fwd", 8, 16, torch.bfloat16) == 3 * s
+
+
+def test_cpu_smoke_run_appends_rows_and_summarizes(tmp_path, capsys):
+    argv = ["bench", "ops", "--device", "cpu", "--shapes", "6x40", "--dtypes", "fp32", "bf16"]
+    argv += ["--ops", "polynorm_gated", "relu2", "--providers", "polycom", "eager", "ckpt", "--out", str(tmp_path)]
+    assert polycom_main(argv) == 0
+    rows = [json.loads(line) for line in (tmp_path / "ops.jsonl").read_text().splitlines()]
+    # polynorm_gated x 3 providers + relu2 x eager, x 2 dtypes, x 3 modes
+    assert len(rows) == (3 + 1) * 2 * 3
+    for r in rows:
+        assert r["check"] == "ok", r
+        assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        for key in ("card", "torch", "triton", "git_commit", "date", "copy_GBps", "frac_copy", "GBps"):
+            assert r[key] not in (None, ""), key
+    csv_lines = (tmp_path / "ops.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("date,card,") and len(csv_lines) == len(rows) + 1
+    capsys.readouterr()
+    assert polycom_main(["bench", "ops", "--summarize", str(tmp_path / "ops.jsonl")]) == 0
+    summary = capsys.readouterr().out
+    assert "| polynorm_gated | polycom |" in summary and "| relu2 | eager |" in summary
+
+
+def test_a_wrong_kernel_is_checked_and_never_timed(tmp_path, monkeypatch):
+    right = script._polycom_fn
+
+    def slightly_wrong(op):
+        fn = right(op)
+        return lambda ins, w, b: fn(ins, w, b) * 1.01
+
+    monkeypatch.setattr(script, "_polycom_fn", slightly_wrong)
+    argv = ["bench", "ops", "--device", "cpu", "--shapes", "4x32", "--dtypes", "fp32", "--ops", "polynorm"]
+    argv += ["--providers", "polycom", "--out", str(tmp_path)]
+    assert polycom_main(argv) == 1
+    rows = [json.loads(line) for line in (tmp_path / "ops.jsonl").read_text().splitlines()]
+    assert {r["mode"] for r in rows} == {"fwd", "bwd", "fwdbwd"}
+    for r in rows:
+        assert r["check"] == "FAILED" and "y err" in r["check_detail"]
+        assert "median_ms" not in r and "GBps" not in r
