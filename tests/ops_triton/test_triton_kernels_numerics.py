@@ -126,11 +126,18 @@ def _inputs(shape, dtype, r, gated, *, scale=1.0):
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Force the column-looped path for rows wider than 1024 (and 2-D tiles for the elementwise kernels)."""
+    """Force the column-looped path for rows wider than 1024, with a persistent grid of 2 programs
+    (config.num_sms is 2 on CPU and the L2 budget is tiny), so each program loops over several rows."""
     monkeypatch.setattr(
         config,
         "TILING",
-        config.TilingLimits(max_single_tile_fwd=1024, max_single_tile_bwd=1024, loop_tile_fwd=1024, loop_tile_bwd=1024),
+        config.TilingLimits(
+            max_single_tile_fwd=1024,
+            max_single_tile_bwd=1024,
+            loop_tile_fwd=1024,
+            loop_tile_bwd=1024,
+            l2_budget_bytes=1,
+        ),
     )
 
 
@@ -157,10 +164,28 @@ def test_half_precision_forward_and_grads_match_fp64(op, gated, r, n, dtype):
 @pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
 @pytest.mark.parametrize("r", [2, 3, 5])
 def test_wide_rows_use_column_loop_and_match_fp64(small_tiles, gated, r, dtype):
-    n = 5000
-    assert not config.row_launch(2, n, backward=False).single_tile
-    assert not config.row_launch(2, n, backward=True).single_tile
-    check_against_fp64("polynorm", gated, *_inputs((2, n), DTYPES[dtype], r, gated))
+    m, n = 5, 5000
+    for backward in (False, True):
+        launch_cfg = config.row_launch(
+            m, n, backward=backward, row_bytes=n * 4, num_sms=config.num_sms(torch.device("cpu"))
+        )
+        assert not launch_cfg.single_tile and launch_cfg.grid == (2,)  # 2 programs loop over 5 rows
+    check_against_fp64("polynorm", gated, *_inputs((m, n), DTYPES[dtype], r, gated))
+
+
+def test_launch_heuristics_for_the_benchmark_shapes():
+    """Single register tile up to 16384 (fwd) / 8192 (bwd) columns; wider rows: column loop with a
+    persistent grid sized so the rows in flight fit the L2 budget, never fewer programs than SMs."""
+    fwd = config.row_launch(8192, 8192, backward=False, row_bytes=8192 * 2, num_sms=132)
+    assert fwd.single_tile and fwd.block_n == 8192 and fwd.grid == (8192,)
+    assert config.row_launch(4096, 14336, backward=False, row_bytes=14336 * 2, num_sms=132).single_tile
+    assert not config.row_launch(4096, 14336, backward=True, row_bytes=14336 * 4, num_sms=132).single_tile
+    wide = config.row_launch(2048, 65536, backward=False, row_bytes=65536 * 2, num_sms=132)
+    assert not wide.single_tile and wide.grid == (config.TILING.l2_budget_bytes // (65536 * 2),)
+    wide_bwd = config.row_launch(2048, 65536, backward=True, row_bytes=65536 * 6, num_sms=132)
+    assert wide_bwd.grid == (132,)
+    narrow = config.row_launch(8192, 64, backward=False)
+    assert narrow.block_m * narrow.block_n == config.TILING.elements_per_program
 
 
 @pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
@@ -169,10 +194,11 @@ def test_wide_rows_default_tiles_match_fp64(op):
 
 
 def test_looped_and_single_tile_paths_agree(monkeypatch):
-    x, up, w, b, dy = _inputs((3, 3000), torch.float32, 3, True)
+    x, up, w, b, dy = _inputs((7, 3000), torch.float32, 3, True)
     y1, rstd1 = launch.poly_norm_forward(x, up, w, b, EPS)
     g1 = launch.poly_norm_backward(dy, x, up, w, b, rstd1)
-    monkeypatch.setattr(config, "TILING", config.TilingLimits(max_single_tile_fwd=512, max_single_tile_bwd=512))
+    looped = config.TilingLimits(max_single_tile_fwd=512, max_single_tile_bwd=512, l2_budget_bytes=1)
+    monkeypatch.setattr(config, "TILING", looped)
     y2, rstd2 = launch.poly_norm_forward(x, up, w, b, EPS)
     g2 = launch.poly_norm_backward(dy, x, up, w, b, rstd2)
     torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)

@@ -18,6 +18,7 @@ column row in the interpreter) with ``monkeypatch.setattr(config, "TILING", Tili
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import triton
@@ -25,15 +26,23 @@ import triton
 
 @dataclasses.dataclass(frozen=True)
 class TilingLimits:
-    """Upper bounds for the tile shapes (all powers of two)."""
+    """Upper bounds for the tile shapes (all powers of two) and the L2 budget of the looped path.
 
-    max_single_tile_fwd: int = 8192  # widest row kept whole in registers by the forward
-    max_single_tile_bwd: int = 4096  # backward keeps ~3x more live fp32 vectors per element
-    loop_tile_fwd: int = 4096  # column tile of the looped (wide-row) forward
-    loop_tile_bwd: int = 2048  # column tile of the looped backward
+    Register use on sm_90 (Triton 3.9 cubin, bf16, r = 3; no spills): forward single tile 8192 / 16
+    warps 46-56 registers, 16384 / 16 warps 79-97; backward single tile 8192 / 16 warps 77-108,
+    16384 spills when gated, hence the lower backward limit.
+    """
+
+    max_single_tile_fwd: int = 16384  # widest row kept whole in registers by the forward
+    max_single_tile_bwd: int = 8192  # backward keeps ~2x more live fp32 vectors per element
+    loop_tile_fwd: int = 8192  # column tile of the looped (wide-row) forward
+    loop_tile_bwd: int = 8192  # column tile of the looped backward
     elements_per_program: int = 4096  # target tile size for narrow rows / elementwise kernels
     max_rows_per_program: int = 256
     elementwise_max_cols: int = 2048
+    # Looped path: at most this many bytes of rows in flight (all programs together), so that the
+    # second pass over a row still finds it in L2 (H100/H200 L2: 50 MiB; keep a safety margin).
+    l2_budget_bytes: int = 24 * 2**20
 
 
 TILING = TilingLimits()
@@ -58,16 +67,20 @@ class ElementwiseLaunch:
     grid: tuple[int, int]
 
 
-def _warps_for(elements: int) -> int:
-    if elements <= 1024:
-        return 4
-    if elements <= 4096:
-        return 8
-    return 16
+def _warps_for(elements: int, backward: bool = False) -> int:
+    """4..16 warps: ~16 elements per thread forward, ~8 backward (more live fp32 values per element)."""
+    per_thread = 8 if backward else 16
+    return max(4, min(16, triton.next_power_of_2(max(1, elements // (32 * per_thread)))))
 
 
-def row_launch(m: int, n: int, backward: bool) -> RowLaunch:
-    """Tile shape for a row reduction over ``n`` columns on ``m`` rows (m >= 1, n >= 1)."""
+def row_launch(m: int, n: int, backward: bool, row_bytes: int = 0, num_sms: int = 1) -> RowLaunch:
+    """Tile shape and grid for a row reduction over ``n`` columns on ``m`` rows (m >= 1, n >= 1).
+
+    row_bytes: bytes one row re-reads in the second pass of the looped path (x, plus dy and up in the
+    backward); num_sms: streaming multiprocessors of the device. The looped path runs a persistent
+    grid of max(num_sms, l2_budget / row_bytes) programs (each loops over rows); the single-tile path
+    one program per block of rows.
+    """
     limits = TILING
     single_max = limits.max_single_tile_bwd if backward else limits.max_single_tile_fwd
     loop_tile = limits.loop_tile_bwd if backward else limits.loop_tile_fwd
@@ -78,7 +91,12 @@ def row_launch(m: int, n: int, backward: bool) -> RowLaunch:
     if single:
         block_m = max(1, limits.elements_per_program // block_n)
         block_m = min(block_m, limits.max_rows_per_program, triton.next_power_of_2(m))
-    return RowLaunch(block_m, block_n, single, _warps_for(block_m * block_n), (triton.cdiv(m, block_m),))
+    blocks = triton.cdiv(m, block_m)
+    grid = blocks
+    if not single:
+        in_flight = max(num_sms, limits.l2_budget_bytes // max(row_bytes, 1))
+        grid = max(1, min(blocks, in_flight))
+    return RowLaunch(block_m, block_n, single, _warps_for(block_m * block_n, backward), (grid,))
 
 
 def elementwise_launch(m: int, n: int) -> ElementwiseLaunch:
@@ -90,6 +108,19 @@ def elementwise_launch(m: int, n: int) -> ElementwiseLaunch:
     return ElementwiseLaunch(
         block_m, block_n, _warps_for(block_m * block_n), (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     )
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 2 on CPU (interpreter), so tests exercise the
+    persistent row loop with few programs."""
+    if device.type != "cuda":
+        return 2
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -72,7 +72,8 @@ def poly_norm_forward(
         return y, rstd
     up2 = as_rows(up) if up is not None else x2
     y2 = y.view(m, n)
-    launch = config.row_launch(m, n, backward=False)
+    row_bytes = n * x.element_size()  # the looped path re-reads x
+    launch = config.row_launch(m, n, backward=False, row_bytes=row_bytes, num_sms=config.num_sms(x.device))
     with _device_guard(x):
         poly_norm_fwd_kernel[launch.grid](
             x2,
@@ -119,7 +120,8 @@ def poly_norm_backward(
     up2 = as_rows(up) if up is not None else x2
     dx2 = dx.view(m, n)
     dup2 = dup.view(m, n) if dup is not None else dx2
-    launch = config.row_launch(m, n, backward=True)
+    row_bytes = n * x.element_size() * (3 if up is not None else 2)  # x, dy (and up) re-read
+    launch = config.row_launch(m, n, backward=True, row_bytes=row_bytes, num_sms=config.num_sms(x.device))
     part = torch.empty((launch.grid[0], r + 1), dtype=rstd.dtype, device=x.device)
     with _device_guard(x):
         poly_norm_bwd_kernel[launch.grid](

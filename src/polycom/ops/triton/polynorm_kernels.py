@@ -83,6 +83,49 @@ def _row_weights(w_ptr, ridx, R: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def _fwd_rows(
+    block, x_ptr, up_ptr, y_ptr, rstd_ptr, w, b, eps, M, N, stride_x, stride_up, stride_y,
+    R: tl.constexpr, RP: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SINGLE_TILE: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Forward of one block of BLOCK_M rows."""
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    ridx = tl.arange(0, RP)[None, :]
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    rows64 = rows.to(tl.int64)[:, None]
+    x_rows = x_ptr + rows64 * stride_x
+    y_rows = y_ptr + rows64 * stride_y
+    up_rows = up_ptr + rows64 * stride_up
+    sums = tl.zeros((BLOCK_M, RP), dtype=ACC)
+    if SINGLE_TILE:  # the whole row is one register tile: x is read once
+        mask = row_ok[:, None] & (cols < N)
+        x = tl.load(x_rows + cols, mask=mask, other=0.0).to(ACC)
+        sums = _add_even_power_sums(sums, x, ridx, R)
+        rstd = tl.rsqrt(sums / N + eps)
+        coef = rstd * w
+        y = _poly(x, coef, ridx, b, R)
+        if GATED:
+            y = y * tl.load(up_rows + cols, mask=mask, other=0.0).to(ACC)
+        tl.store(y_rows + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+    else:  # column tiles: pass 1 = all r sums, pass 2 = output (re-reads x, from L2)
+        for start in range(0, N, BLOCK_N):
+            mask = row_ok[:, None] & (start + cols < N)
+            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            sums = _add_even_power_sums(sums, x, ridx, R)
+        rstd = tl.rsqrt(sums / N + eps)
+        coef = rstd * w
+        for start in range(0, N, BLOCK_N):
+            mask = row_ok[:, None] & (start + cols < N)
+            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            y = _poly(x, coef, ridx, b, R)
+            if GATED:
+                y = y * tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            tl.store(y_rows + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(rstd_ptr + rows64 * R + ridx, rstd, mask=row_ok[:, None] & (ridx < R))
+
+
+@triton.jit
 def poly_norm_fwd_kernel(
     x_ptr,
     up_ptr,
@@ -104,47 +147,94 @@ def poly_norm_fwd_kernel(
     SINGLE_TILE: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """y[row] = PolyNorm(x[row]) (* up[row] if GATED); rstd[row, j] = rho_{j+1} (fp32, or fp64 for fp64)."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    rows64 = rows.to(tl.int64)[:, None]
-    cols = tl.arange(0, BLOCK_N)[None, :]
+    """y[row] = PolyNorm(x[row]) (* up[row] if GATED); rstd[row, j] = rho_{j+1} (fp32, or fp64 for fp64).
+
+    Single-tile rows: one block of rows per program. Looped (wide) rows: a persistent grid, program p
+    handles the row blocks p, p + P, ... (P = grid size, capped by the launcher so that the rows in
+    flight fit in L2 and the second pass over x hits L2).
+    """
     ridx = tl.arange(0, RP)[None, :]
-    x_rows = x_ptr + rows64 * stride_x
-    y_rows = y_ptr + rows64 * stride_y
-    up_rows = up_ptr + rows64 * stride_up
     w = _row_weights(w_ptr, ridx, R, ACC)
     b = tl.load(b_ptr).to(ACC)
     eps_acc = tl.cast(eps, ACC)  # a Python float must not turn the math into fp64 (nor stay fp64 for fp32)
-    sums = tl.zeros((BLOCK_M, RP), dtype=ACC)
+    if SINGLE_TILE:
+        _fwd_rows(
+            tl.program_id(0), x_ptr, up_ptr, y_ptr, rstd_ptr, w, b, eps_acc, M, N, stride_x, stride_up, stride_y,
+            R, RP, GATED, BLOCK_M, BLOCK_N, SINGLE_TILE, ACC,
+        )  # fmt: skip
+    else:
+        for block in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
+            _fwd_rows(
+                block, x_ptr, up_ptr, y_ptr, rstd_ptr, w, b, eps_acc, M, N, stride_x, stride_up, stride_y,
+                R, RP, GATED, BLOCK_M, BLOCK_N, SINGLE_TILE, ACC,
+            )  # fmt: skip
 
+
+@triton.jit
+def _bwd_rows(
+    block, dy_ptr, x_ptr, up_ptr, rstd_ptr, dx_ptr, dup_ptr, w, b, M, N,
+    stride_dy, stride_x, stride_up, stride_dx, stride_dup,
+    R: tl.constexpr, RP: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SINGLE_TILE: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Backward of one block of rows; returns (rho_j S_j per row [BLOCK_M, RP], sum of g per row [BLOCK_M])."""
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    ridx = tl.arange(0, RP)[None, :]
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    rows64 = rows.to(tl.int64)[:, None]
+    dy_rows = dy_ptr + rows64 * stride_dy
+    x_rows = x_ptr + rows64 * stride_x
+    up_rows = up_ptr + rows64 * stride_up
+    dx_rows = dx_ptr + rows64 * stride_dx
+    dup_rows = dup_ptr + rows64 * stride_dup
+    rstd = tl.load(rstd_ptr + rows64 * R + ridx, mask=row_ok[:, None] & (ridx < R), other=0.0).to(ACC)
+    coef = rstd * w
+    dcoef = (ridx + 1).to(ACC) * coef
+    dots = tl.zeros((BLOCK_M, RP), dtype=ACC)
+    gsum = tl.zeros((BLOCK_M,), dtype=ACC)
     if SINGLE_TILE:
         mask = row_ok[:, None] & (cols < N)
         x = tl.load(x_rows + cols, mask=mask, other=0.0).to(ACC)
-        sums = _add_even_power_sums(sums, x, ridx, R)
-        rstd = tl.rsqrt(sums / N + eps_acc)
-        coef = rstd * w
-        y = _poly(x, coef, ridx, b, R)
+        dy = tl.load(dy_rows + cols, mask=mask, other=0.0).to(ACC)
         if GATED:
-            y = y * tl.load(up_rows + cols, mask=mask, other=0.0).to(ACC)
-        tl.store(y_rows + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
+            up = tl.load(up_rows + cols, mask=mask, other=0.0).to(ACC)
+            g = dy * up
+        else:
+            g = dy
+        dots = _add_dot_sums(dots, g, x, ridx, R)
+        gsum += tl.sum(g, axis=1)
+        kcoef = dcoef * rstd * rstd * dots / N
+        dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
+        tl.store(dx_rows + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if GATED:
+            dup = dy * _poly(x, coef, ridx, b, R)
+            tl.store(dup_rows + cols, dup.to(dup_ptr.dtype.element_ty), mask=mask)
+    else:  # pass 1: row dots S_j and sum g; pass 2: dx (and d_up), re-reading x, dy, up from L2
         for start in range(0, N, BLOCK_N):
             mask = row_ok[:, None] & (start + cols < N)
             x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
-            sums = _add_even_power_sums(sums, x, ridx, R)
-        rstd = tl.rsqrt(sums / N + eps_acc)
-        coef = rstd * w
-        for start in range(0, N, BLOCK_N):
-            mask = row_ok[:, None] & (start + cols < N)
-            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
-            y = _poly(x, coef, ridx, b, R)
+            g = tl.load(dy_rows + start + cols, mask=mask, other=0.0).to(ACC)
             if GATED:
-                y = y * tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
-            tl.store(y_rows + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-    tl.store(rstd_ptr + rows64 * R + ridx, rstd, mask=row_ok[:, None] & (ridx < R))
+                g = g * tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            dots = _add_dot_sums(dots, g, x, ridx, R)
+            gsum += tl.sum(g, axis=1)
+        kcoef = dcoef * rstd * rstd * dots / N
+        for start in range(0, N, BLOCK_N):
+            mask = row_ok[:, None] & (start + cols < N)
+            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            dy = tl.load(dy_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            if GATED:
+                up = tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
+                g = dy * up
+            else:
+                g = dy
+            dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
+            tl.store(dx_rows + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            if GATED:
+                dup = dy * _poly(x, coef, ridx, b, R)
+                tl.store(dup_rows + start + cols, dup.to(dup_ptr.dtype.element_ty), mask=mask)
+    return rstd * dots, gsum
 
 
 @triton.jit
@@ -173,69 +263,31 @@ def poly_norm_bwd_kernel(
     SINGLE_TILE: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """dx (and d_up if GATED) for BLOCK_M rows; part[pid, j] = sum_rows rho_{j+1} S_{j+1}, part[pid, R] = sum g."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    rows64 = rows.to(tl.int64)[:, None]
-    cols = tl.arange(0, BLOCK_N)[None, :]
+    """dx (and d_up if GATED) for the row blocks of this program (same schedule as the forward).
+
+    part[program, j] = sum over its rows of rho_{j+1} S_{j+1}; part[program, R] = sum of g. fp32
+    partials written once per program, summed by the caller (deterministic, no atomics).
+    """
     ridx = tl.arange(0, RP)[None, :]
-    dy_rows = dy_ptr + rows64 * stride_dy
-    x_rows = x_ptr + rows64 * stride_x
-    up_rows = up_ptr + rows64 * stride_up
-    dx_rows = dx_ptr + rows64 * stride_dx
-    dup_rows = dup_ptr + rows64 * stride_dup
     w = _row_weights(w_ptr, ridx, R, ACC)
     b = tl.load(b_ptr).to(ACC)
-    rstd = tl.load(rstd_ptr + rows64 * R + ridx, mask=row_ok[:, None] & (ridx < R), other=0.0).to(ACC)
-    coef = rstd * w
-    dcoef = (ridx + 1).to(ACC) * coef
-    dots = tl.zeros((BLOCK_M, RP), dtype=ACC)
-    gsum = tl.zeros((BLOCK_M,), dtype=ACC)
-
     if SINGLE_TILE:
-        mask = row_ok[:, None] & (cols < N)
-        x = tl.load(x_rows + cols, mask=mask, other=0.0).to(ACC)
-        dy = tl.load(dy_rows + cols, mask=mask, other=0.0).to(ACC)
-        if GATED:
-            up = tl.load(up_rows + cols, mask=mask, other=0.0).to(ACC)
-            g = dy * up
-        else:
-            g = dy
-        dots = _add_dot_sums(dots, g, x, ridx, R)
-        gsum += tl.sum(g, axis=1)
-        kcoef = dcoef * rstd * rstd * dots / N
-        dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
-        tl.store(dx_rows + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        if GATED:
-            dup = dy * _poly(x, coef, ridx, b, R)
-            tl.store(dup_rows + cols, dup.to(dup_ptr.dtype.element_ty), mask=mask)
+        w_part, b_part = _bwd_rows(
+            tl.program_id(0), dy_ptr, x_ptr, up_ptr, rstd_ptr, dx_ptr, dup_ptr, w, b, M, N,
+            stride_dy, stride_x, stride_up, stride_dx, stride_dup, R, RP, GATED, BLOCK_M, BLOCK_N, SINGLE_TILE, ACC,
+        )  # fmt: skip
     else:
-        for start in range(0, N, BLOCK_N):
-            mask = row_ok[:, None] & (start + cols < N)
-            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
-            g = tl.load(dy_rows + start + cols, mask=mask, other=0.0).to(ACC)
-            if GATED:
-                g = g * tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
-            dots = _add_dot_sums(dots, g, x, ridx, R)
-            gsum += tl.sum(g, axis=1)
-        kcoef = dcoef * rstd * rstd * dots / N
-        for start in range(0, N, BLOCK_N):
-            mask = row_ok[:, None] & (start + cols < N)
-            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
-            dy = tl.load(dy_rows + start + cols, mask=mask, other=0.0).to(ACC)
-            if GATED:
-                up = tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
-                g = dy * up
-            else:
-                g = dy
-            dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
-            tl.store(dx_rows + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-            if GATED:
-                dup = dy * _poly(x, coef, ridx, b, R)
-                tl.store(dup_rows + start + cols, dup.to(dup_ptr.dtype.element_ty), mask=mask)
+        w_part = tl.zeros((BLOCK_M, RP), dtype=ACC)
+        b_part = tl.zeros((BLOCK_M,), dtype=ACC)
+        for block in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
+            w_rows, b_rows = _bwd_rows(
+                block, dy_ptr, x_ptr, up_ptr, rstd_ptr, dx_ptr, dup_ptr, w, b, M, N,
+                stride_dy, stride_x, stride_up, stride_dx, stride_dup, R, RP, GATED, BLOCK_M, BLOCK_N, SINGLE_TILE, ACC,
+            )  # fmt: skip
+            w_part += w_rows
+            b_part += b_rows
 
     # Coefficient-gradient partials of this program (fp32; summed once by the caller, no atomics).
-    part_row = part_ptr + pid * (R + 1)
-    tl.store(part_row + tl.arange(0, RP), tl.sum(rstd * dots, axis=0), mask=tl.arange(0, RP) < R)
-    tl.store(part_row + R, tl.sum(gsum, axis=0))
+    part_row = part_ptr + tl.program_id(0) * (R + 1)
+    tl.store(part_row + tl.arange(0, RP), tl.sum(w_part, axis=0), mask=tl.arange(0, RP) < R)
+    tl.store(part_row + R, tl.sum(b_part, axis=0))
