@@ -1,0 +1,177 @@
+"""Load what `polycom eval` evaluates: a harness run folder or a Hugging Face model folder.
+
+Both become an `EvalModel`: a ``logits(ids (B, T)) -> (B, T, V) fp32`` function plus a tokenizer
+with ``encode(text) -> list[int]`` / ``decode(ids) -> str`` (no special tokens added), the vocab size,
+the context length and the token used as the "previous token" of an empty context.
+
+Checks (each a `UserError` naming the folder and the problem): the path exists; it is a run folder
+(``config.json`` with a ``model`` section, ``checkpoints/``) or a Hugging Face folder (``config.json``
++ weights); a Hugging Face folder has tokenizer files; the tokenizer's vocabulary fits the model's
+embedding (a larger tokenizer means model and tokenizer do not belong together).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from polycom.errors import UserError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+@dataclass
+class EvalModel:
+    """A model ready for scoring: see module docstring."""
+
+    name: str
+    kind: str  # "run" or "hf"
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    encode: Callable[[str], list[int]]
+    decode: Callable[[list[int]], str]
+    vocab_size: int
+    tokenizer_size: int
+    max_length: int
+    prefix_token_id: int
+    eos_token_id: int | None
+    device: torch.device
+    module: torch.nn.Module
+
+
+def _is_run_folder(folder: Path) -> bool:
+    config = folder / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "model" in data and "model_type" not in data
+
+
+def _prefix_token(eos: int | None, encode: Callable[[str], list[int]]) -> int:
+    # lm-eval conditions an empty context on this token; without an EOS (byte tokenizer) use a newline.
+    if eos is not None:
+        return int(eos)
+    newline = encode("\n")
+    return int(newline[0]) if newline else 0
+
+
+def _check_vocab(folder: Path, tokenizer_size: int, vocab_size: int) -> None:
+    if tokenizer_size > vocab_size:
+        raise UserError(
+            f"vocabulary mismatch in {folder}: the tokenizer has {tokenizer_size} tokens but the model's embedding "
+            f"has {vocab_size} rows; this tokenizer does not belong to this model"
+        )
+
+
+def load_eval_model(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, step: int | None = None
+) -> EvalModel:
+    """Load a run folder or an HF folder for evaluation (see module docstring)."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise UserError(f"model path {folder} not found")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a model: expected a folder (a polycom run folder or a Hugging Face folder)")
+    device = torch.device(device)
+    if _is_run_folder(folder):
+        return _load_run(folder, device, dtype, step)
+    if (folder / "config.json").is_file():
+        return _load_hf(folder, device, dtype)
+    raise UserError(
+        f"{folder} is not a model: expected a polycom run folder (config.json + checkpoints/) "
+        "or a Hugging Face model folder (config.json + weights + tokenizer)"
+    )
+
+
+def _load_run(folder: Path, device: torch.device, dtype: torch.dtype | None, step: int | None) -> EvalModel:
+    from polycom.train.checkpoint import load_run_model
+
+    model, model_config, tok = load_run_model(folder, device=device, step=step)
+    if dtype is not None:
+        model = model.to(dtype)
+    _check_vocab(folder, tok.vocab_size, model_config.vocab_size)
+
+    @torch.no_grad()
+    def logits(ids: torch.Tensor) -> torch.Tensor:
+        return model(ids.to(device)).logits.float()
+
+    return EvalModel(
+        name=str(folder),
+        kind="run",
+        logits=logits,
+        encode=tok.encode,
+        decode=tok.decode,
+        vocab_size=model_config.vocab_size,
+        tokenizer_size=tok.vocab_size,
+        max_length=model_config.max_seq_len,
+        prefix_token_id=_prefix_token(tok.eos_id, tok.encode),
+        eos_token_id=tok.eos_id,
+        device=device,
+        module=model,
+    )
+
+
+def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype | None) -> EvalModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    import polycom.hf  # noqa: F401  (Auto registration of model_type "polycom" and the activation names)
+    from polycom.hf.convert import CONVERSION_KEY, load_converted
+
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        raise UserError(f"{folder} is not a model: config.json but no weights ({' / '.join(WEIGHT_FILES[:1])})")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(
+            f"tokenizer missing from {folder}: expected tokenizer.json / tokenizer_config.json next to the model "
+            "(`polycom export` writes them; for another model copy its tokenizer files into the folder)"
+        )
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"{folder}/config.json is not a transformers config: {exc}") from None
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    if getattr(config, CONVERSION_KEY, None):
+        model = load_converted(folder, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+    model = model.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    _check_vocab(folder, len(tok), vocab_size)
+    max_length = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
+
+    @torch.no_grad()
+    def logits(ids: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids.to(device), use_cache=False).logits.float()
+
+    def encode(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
+    def decode(ids: list[int]) -> str:
+        return tok.decode(ids)
+
+    return EvalModel(
+        name=str(folder),
+        kind="hf",
+        logits=logits,
+        encode=encode,
+        decode=decode,
+        vocab_size=vocab_size,
+        tokenizer_size=len(tok),
+        max_length=max_length,
+        prefix_token_id=_prefix_token(tok.eos_token_id, encode),
+        eos_token_id=tok.eos_token_id,
+        device=device,
+        module=model,
+    )

@@ -1,0 +1,99 @@
+"""Evaluation reports: one JSON file (everything) and one markdown table (the numbers people read)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+MAIN_METRICS = ("acc", "acc_norm")
+PPL_METRICS = ("token_perplexity", "bits_per_byte", "byte_perplexity", "word_perplexity")
+
+
+def environment() -> dict:
+    """Versions, host and git commit recorded with every report."""
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("polycom", "transformers", "lm_eval"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # not installed or no __version__
+            versions[name] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except Exception:  # not a git checkout
+        commit = None
+    return {
+        "versions": versions,
+        "git_commit": commit,
+        "host": platform.node(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def to_markdown(report: dict) -> str:
+    """Markdown tables: tasks (acc, acc_norm with stderr, samples) and perplexity per text file."""
+    lines = [f"# Evaluation of `{report['model']}`", ""]
+    tasks = report.get("tasks") or {}
+    if tasks:
+        lines += ["| task | acc | acc_norm | samples |", "|---|---|---|---|"]
+        for task, row in tasks.items():
+            cells = []
+            for metric in MAIN_METRICS:
+                value = row.get(metric)
+                err = row.get(f"{metric}_stderr")
+                cells.append("-" if value is None else f"{value:.4f}" + (f" ± {err:.4f}" if err is not None else ""))
+            name = f"**{task}** (group)" if row.get("group") else task
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} | {_fmt(row.get('samples'))} |")
+        lines.append("")
+    for entry in report.get("perplexity") or []:
+        lines += [
+            f"Perplexity of `{entry['file']}` ({entry['tokens']:,} tokens, {entry['bytes']:,} bytes, "
+            f"window {entry['max_length']}, stride {entry['stride']}):",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
+        lines += [f"| {m} | {_fmt(entry[m])} |" for m in PPL_METRICS]
+        lines.append("")
+    env = report.get("environment", {})
+    lines.append(
+        f"polycom {env.get('versions', {}).get('polycom')}, lm-eval {env.get('versions', {}).get('lm_eval')}, "
+        f"commit {env.get('git_commit')}, {env.get('date')}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write results.json and results.md into `out_dir` (atomically); returns both paths."""
+    folder = Path(out_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / "results.json", folder / "results.md"
+    _atomic_write(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    _atomic_write(md_path, to_markdown(report))
+    return json_path, md_path
