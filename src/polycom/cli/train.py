@@ -1,10 +1,114 @@
-"""`polycom train`: Train one language model (not yet available; arrives with issue 4, the training harness)."""
+"""`polycom train`: train one language model into a run folder.
+
+    polycom train                                         # tiny preset on the embedded corpus
+    polycom train --config configs/tiny-cpu.toml --steps 1000 --out runs/a
+    polycom train --preset small --model.activation=polynorm --optim.lr=1e-3
+    polycom train --resume runs/a                         # continue from the latest checkpoint
+    polycom train --resume runs/a --steps 2000            # ... and train longer
+
+Any config key can be set with --section.key=value (sections: model, data, optim, train, parallel);
+an unknown key is an error that lists the valid ones. Ctrl-C saves a checkpoint and exits.
+"""
 
 from __future__ import annotations
 
-from polycom.cli import not_yet_available
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from polycom.train.cli_overrides import enable_overrides
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="Train one language model (not yet available)")
-    parser.set_defaults(handler=not_yet_available("train", "issue 4, the training harness"))
+    parser = subparsers.add_parser(
+        "train",
+        help="Train one language model (run folder with metrics, checkpoints, tokenizer)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", default=None, help="TOML run config ([model], [data], [optim], [train], ...)")
+    parser.add_argument("--preset", default=None, help="model preset (tiny, small, 125m, ...)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (train.steps)")
+    parser.add_argument("--data", default=None, help="data source or prepared data folder")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/train-<timestamp>)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    enable_overrides(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from polycom.errors import UserError
+    from polycom.train.config import load_config
+    from polycom.train.trainer import load_resume_config, train
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"--train.steps={args.steps}")
+    if args.data is not None:
+        key = "data.path" if (Path(args.data) / "meta.json").is_file() else "data.source"
+        overrides.append(f"--{key}={json.dumps(args.data)}")
+    if args.resume:
+        if args.config or args.preset or args.out:
+            raise UserError("--resume takes the run's own config; do not combine it with --config, --preset or --out")
+        if any(o.startswith("--model.") for o in overrides):
+            raise UserError("the model of a resumed run cannot change; drop the --model.* overrides")
+        run_dir = Path(args.resume)
+        cfg = load_config(base=load_resume_config(run_dir), overrides=overrides)
+    else:
+        cfg = load_config(args.config, preset=args.preset, overrides=overrides)
+        run_dir = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    progress = _Progress(cfg.train.steps, enabled=not args.no_progress)
+    with progress:
+        result = train(cfg, run_dir, resume=bool(args.resume), on_event=progress.on_event, show_progress=True)
+    if result.interrupted:
+        print(
+            f"interrupted at step {result.steps}: checkpoint saved; continue with: polycom train --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    print(
+        f"{run_dir}: {result.steps} steps, val loss {_f(result.initial_val_loss)} -> {_f(result.final_val_loss)}, "
+        f"{result.tokens_per_s or 0:,.0f} tokens/s, {result.wall_s:.0f} s"
+    )
+    return 0
+
+
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+class _Progress:
+    def __init__(self, steps: int, enabled: bool) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
+        self.task = self.progress.add_task("train", total=steps, info="")
+        self.val = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def on_event(self, record: dict) -> None:
+        if "val_loss" in record:
+            self.val = record["val_loss"]
+        info = f"loss {record['loss']:.3f}" if "loss" in record else ""
+        if self.val is not None:
+            info += f"  val {self.val:.3f}"
+        self.progress.update(self.task, completed=record.get("step", 0), info=info)

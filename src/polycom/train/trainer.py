@@ -427,8 +427,8 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
         if interrupted or step == tc.steps:
             checkpoint(step, last_val)
     peak_mem, mem_kind = _peak_memory_mb(device)
-    if interrupted and ctx.is_main:
-        emit({"step": step, "interrupted": True})
+    if interrupted:
+        metrics.write({"step": step, "interrupted": True})
     return TrainResult(
         run_dir=run_dir,
         steps=step,

@@ -1,0 +1,157 @@
+"""Training loop: loss drops, exact resume, Ctrl-C checkpoint, checksum refusal, schedule, optimizer groups."""
+
+import math
+
+import pytest
+import torch
+
+from polycom.data import PrepareConfig, embedded_corpus_text, prepare_data
+from polycom.errors import UserError
+from polycom.models import build_model, get_preset
+from polycom.train import WarmupCosine, load_config, load_run_model, train
+from polycom.train.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint
+from polycom.train.metrics import read_metrics
+from polycom.train.trainer import build_optimizer
+
+SMALL = [
+    "--model.d_model=32",
+    "--model.n_layers=1",
+    "--model.n_heads=2",
+    "--model.max_seq_len=32",
+    "--train.batch_size=4",
+    "--train.eval_batches=2",
+    "--train.log_interval=5",
+    "--optim.lr=1e-2",
+    "--optim.warmup_steps=5",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    src = folder / "text.txt"
+    src.write_text(embedded_corpus_text()[:200_000])
+    prepare_data(PrepareConfig(source=str(src)), folder / "shards", show_progress=False)
+    return folder / "shards"
+
+
+def small_config(data_dir, *extra):
+    return load_config(preset="tiny", overrides=[*SMALL, f'--data.path="{data_dir}"', *extra])
+
+
+def test_thirty_steps_loss_drops(tmp_path, data_dir):
+    cfg = small_config(data_dir, "--train.steps=30", "--train.eval_interval=15", "--model.activation=polynorm")
+    result = train(cfg, tmp_path / "run")
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert result.steps == 30 and not result.interrupted
+    assert math.isclose(result.initial_val_loss, math.log(256), abs_tol=0.3)  # ~uniform at init
+    assert losses[-1] < losses[0] - 0.5
+    assert result.final_val_loss < result.initial_val_loss - 1.0
+    # run folder contract
+    run = tmp_path / "run"
+    for name in ("run.json", "config.json", "metrics.jsonl", "tokenizer", "checkpoints/latest"):
+        assert (run / name).exists(), name
+    for key in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "memory_mb"):
+        assert key in records[-1]
+    model, mcfg, tok = load_run_model(run)
+    assert mcfg.activation == "polynorm"
+    assert tok.decode(tok.encode("Hamlet")) == "Hamlet"
+    state = load_checkpoint(find_checkpoint(run))
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, state["model"][name])
+
+
+def test_resume_is_bit_identical(tmp_path, data_dir):
+    extra = ("--train.steps=12", "--train.eval_interval=6", "--train.log_interval=1", "--train.keep_checkpoints=0")
+    straight = train(small_config(data_dir, *extra), tmp_path / "straight")
+    # same run, stopped after 5 steps (first checkpoint), then resumed to 12
+    interrupted = small_config(data_dir, *extra, "--train.checkpoint_interval=5")
+
+    def stop_at_5(record):
+        if record.get("step") == 5 and "loss" in record:
+            raise KeyboardInterrupt
+
+    part = train(interrupted, tmp_path / "split", on_event=stop_at_5)
+    assert part.interrupted and part.steps == 5
+    resumed = train(small_config(data_dir, *extra, "--train.checkpoint_interval=5"), tmp_path / "split", resume=True)
+    assert resumed.steps == 12
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in read_metrics(tmp_path / run / "metrics.jsonl") if "loss" in r]
+
+    assert losses("straight") == losses("split")  # exact float equality, step by step
+    a = load_checkpoint(find_checkpoint(tmp_path / "straight"))
+    b = load_checkpoint(find_checkpoint(tmp_path / "split"))
+    assert a["step"] == b["step"] == 12
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert straight.final_val_loss == resumed.final_val_loss
+
+
+def test_keyboard_interrupt_saves_checkpoint(tmp_path, data_dir):
+    def interrupt(record):
+        if record.get("step") == 3:
+            raise KeyboardInterrupt
+
+    result = train(
+        small_config(data_dir, "--train.steps=20", "--train.log_interval=1"), tmp_path / "r", on_event=interrupt
+    )
+    assert result.interrupted and result.steps == 3
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step_00000003.pt"]
+
+
+def test_corrupt_checkpoint_is_refused_and_nothing_overwritten(tmp_path, data_dir):
+    cfg = small_config(data_dir, "--train.steps=4", "--train.eval_interval=0")
+    train(cfg, tmp_path / "r")
+    ckpt = find_checkpoint(tmp_path / "r")
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    before = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    cfg2 = small_config(data_dir, "--train.steps=8", "--train.eval_interval=0")
+    with pytest.raises(UserError, match="checksum"):
+        train(cfg2, tmp_path / "r", resume=True)
+    with pytest.raises(UserError, match="checksum"):
+        load_run_model(tmp_path / "r")
+    after = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert before == after
+    # truncated
+    ckpt.write_bytes(bytes(data[:100]))
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        load_checkpoint(ckpt)
+
+
+def test_new_run_refuses_existing_run_folder(tmp_path, data_dir):
+    cfg = small_config(data_dir, "--train.steps=2")
+    train(cfg, tmp_path / "r")
+    with pytest.raises(UserError, match="already holds a run"):
+        train(cfg, tmp_path / "r")
+    with pytest.raises(UserError, match="no checkpoint|not found"):
+        train(cfg, tmp_path / "empty", resume=True)
+
+
+def test_vocab_larger_than_model_is_refused(tmp_path, data_dir):
+    with pytest.raises(UserError, match="larger than the model's vocab_size 100"):
+        train(small_config(data_dir, "--model.vocab_size=100", "--train.steps=2"), tmp_path / "r")
+
+
+def test_warmup_cosine_formula():
+    s = WarmupCosine(peak_lr=1.0, total_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    assert s.lr(0) == pytest.approx(0.1)
+    assert s.lr(9) == pytest.approx(1.0)
+    assert s.lr(10) == pytest.approx(1.0)
+    assert s.lr(60) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
+    assert s.lr(110) == pytest.approx(0.1)
+    assert s.lr(500) == pytest.approx(0.1)
+
+
+def test_no_weight_decay_on_vectors_and_polycom_coefficients():
+    cfg = load_config(preset="tiny", overrides=["--model.activation=polynorm"])
+    model = build_model(get_preset("tiny", activation="polynorm"))
+    opt = build_optimizer(model, cfg, torch.device("cpu"))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        expect = p.ndim >= 2 and ".act." not in name
+        assert (id(p) in decayed) == expect, name
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
