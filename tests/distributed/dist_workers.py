@@ -100,3 +100,234 @@ def tp_polynorm_worker(rank: int, world_size: int, cases: list[dict]) -> list[di
             res["dup"] = up.grad.full_tensor()
         out.append(res)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# a tiny training loop (independent of the trainer) for the parallel-equivalence tests
+# ----------------------------------------------------------------------------------------------------
+
+TINY = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=16, activation="polynorm_glu")
+
+
+def tiny_config(**overrides):
+    from polycom.models import ModelConfig
+
+    return ModelConfig.from_dict({**TINY, **overrides})
+
+
+def tiny_batches(steps: int, batch: int = 4, seq: int = 12, vocab: int = 64, seed: int = 7) -> list[torch.Tensor]:
+    """Global batches (batch, seq + 1), identical on every process: learnable sequences
+    t_{k+1} = (5 t_k + 3) mod vocab from random starts, so the loss falls within a few steps."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(steps):
+        tokens = torch.empty(batch, seq + 1, dtype=torch.long)
+        tokens[:, 0] = torch.randint(0, vocab, (batch,), generator=gen)
+        for k in range(seq):
+            tokens[:, k + 1] = (5 * tokens[:, k] + 3) % vocab
+        batches.append(tokens)
+    return batches
+
+
+def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+
+
+def run_steps(model, opt, batches, dp_rank: int, dp_size: int, dp_group=None, clip: float | None = 1.0) -> list[float]:
+    """One optimizer step per global batch; this data-parallel rank trains on its slice of the rows.
+
+    Returns the global mean loss of every step (mean over the data-parallel ranks' equal slices).
+    """
+    import torch.distributed as dist
+
+    from polycom.distributed.grad_utils import clip_grad_norm_
+
+    losses = []
+    for tokens in batches:
+        rows = tokens.chunk(dp_size)[dp_rank]
+        out = model(rows[:, :-1], rows[:, 1:])
+        out.loss.backward()
+        if clip is not None:
+            clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss = out.loss.detach().clone()
+        if dp_size > 1:
+            dist.all_reduce(loss, group=dp_group)
+            loss /= dp_size
+        losses.append(loss.item())
+    return losses
+
+
+def reference_losses(model_cfg: dict, steps: int, dp_size: int, clip: float | None = 1.0, seed: int = 1234):
+    """The same run in ONE process: each global batch split in dp_size micro-batches, gradients averaged.
+
+    This is exactly what data parallelism computes (it also holds for MoE, whose auxiliary loss is
+    per micro-batch); for dense models it equals the full-batch step up to float rounding.
+    """
+    from polycom.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(tiny_config(**model_cfg))
+    opt = make_optimizer(model)
+    losses = []
+    for tokens in tiny_batches(steps):
+        total = 0.0
+        for rows in tokens.chunk(dp_size):
+            out = model(rows[:, :-1], rows[:, 1:])
+            (out.loss / dp_size).backward()
+            total += out.loss.item() / dp_size
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total)
+    return losses
+
+
+def parallel_train_worker(rank: int, world_size: int, runs: list[dict]) -> list[list[float]]:
+    """For each run {"model": overrides, "parallel": ParallelConfig kwargs, "steps": n, "meta": bool}:
+    build the tiny model (same seed everywhere), parallelize, train, return the loss curve."""
+    from polycom.distributed import ParallelConfig, init_distributed, parallelize
+    from polycom.models import build_model
+
+    curves = []
+    ctx = None
+    for run in runs:
+        cfg = ParallelConfig(timeout_s=60, **run["parallel"])
+        ctx = ctx or init_distributed(cfg)
+        torch.manual_seed(run.get("seed", 1234))
+        model = build_model(tiny_config(**run["model"]))
+        model = parallelize(model, cfg, ctx)
+        opt = make_optimizer(model)
+        dp_group = ctx.dp_mesh.get_group() if ctx.dp_size > 1 else None
+        curves.append(
+            run_steps(model, opt, tiny_batches(run["steps"]), ctx.dp_rank, ctx.dp_size, dp_group, run.get("clip", 1.0))
+        )
+    return curves
+
+
+# ----------------------------------------------------------------------------------------------------
+# task runner: several runs in one process group (process start-up dominates the test time)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _build(ctx, run: dict):
+    from polycom.distributed import ParallelConfig, parallelize
+    from polycom.models import build_model
+
+    cfg = ParallelConfig(timeout_s=60, **run.get("parallel", {}))
+    torch.manual_seed(run.get("seed", 1234))
+    if run.get("meta"):
+        with torch.device("meta"):
+            model = build_model(tiny_config(**run.get("model", {})))
+    else:
+        model = build_model(tiny_config(**run.get("model", {})))
+    return parallelize(model, cfg, ctx)
+
+
+def run_task(ctx, task: dict):
+    """One task on an initialised context. kinds:
+    train:  build + parallelize + train `steps` steps -> loss curve
+    save:   train `save_at` steps, save_checkpoint(path, extra_state={"step": save_at}), train to `steps`
+            -> losses of the steps after the save
+    resume: build + parallelize, load_checkpoint(path) -> (extra_state, losses of steps extra["step"]..steps)
+    meta_init: build on meta + parallelize -> facts about the initialised weights
+    error:  run `inner` (a task) expecting a UserError -> its message
+    """
+    from polycom.distributed.checkpoint import load_checkpoint, save_checkpoint
+    from polycom.errors import UserError
+
+    kind = task["kind"]
+    dp_group = ctx.dp_mesh.get_group() if ctx.dp_size > 1 else None
+    batches = tiny_batches(task.get("steps", 0))
+    if kind == "error":
+        try:
+            run_task(ctx, task["inner"])
+        except UserError as exc:
+            return f"UserError: {exc}"
+        return "no error"
+    model = _build(ctx, task)
+    opt = make_optimizer(model)
+    if kind == "train":
+        return run_steps(model, opt, batches, ctx.dp_rank, ctx.dp_size, dp_group)
+    if kind == "grads":  # gradients of the first global batch (dp ranks average their slices)
+        rows = tiny_batches(1)[0].chunk(ctx.dp_size)[ctx.dp_rank]
+        model(rows[:, :-1], rows[:, 1:]).loss.backward()
+        return full_grads(model)
+    if kind == "save":
+        k = task["save_at"]
+        run_steps(model, opt, batches[:k], ctx.dp_rank, ctx.dp_size, dp_group)
+        save_checkpoint(task["path"], model, opt, {"step": k}, ctx)
+        return run_steps(model, opt, batches[k:], ctx.dp_rank, ctx.dp_size, dp_group)
+    if kind == "resume":
+        extra = load_checkpoint(task["path"], model, opt, ctx)
+        return extra, run_steps(model, opt, batches[extra["step"] :], ctx.dp_rank, ctx.dp_size, dp_group)
+    if kind == "meta_init":
+        from torch.distributed.tensor import DTensor
+
+        w = model.layers[0].mlp.up_proj.weight
+        local = w.to_local() if isinstance(w, DTensor) else w
+        full = w.full_tensor() if isinstance(w, DTensor) else w
+        half = full.shape[0] // 2
+        first_layer_norm = model.layers[0].attn_norm.weight
+        norm_full = first_layer_norm.full_tensor() if isinstance(first_layer_norm, DTensor) else first_layer_norm
+        loss = run_steps(model, opt, batches, ctx.dp_rank, ctx.dp_size, dp_group)
+        return {
+            "local_std": local.detach().std().item(),
+            "full_std": full.detach().std().item(),
+            "halves_equal": torch.equal(full[:half].detach(), full[half:].detach()),
+            "norm_weight": norm_full.detach().clone(),
+            "losses": loss,
+        }
+    raise ValueError(f"unknown task kind {kind}")
+
+
+def tasks_worker(rank: int, world_size: int, tasks: list[dict]) -> list:
+    """Run every task in order, each with a context (device mesh) for its own `parallel.tp`.
+
+    The first context starts the process group; later ones reuse it and only build their mesh."""
+    from polycom.distributed import ParallelConfig, init_distributed, shutdown
+
+    first = None
+    results = []
+    try:
+        for task in tasks:
+            inner = task.get("inner", task)
+            ctx = init_distributed(ParallelConfig(tp=inner.get("parallel", {}).get("tp", 1), timeout_s=60))
+            first = first or ctx
+            results.append(run_task(ctx, task))
+    finally:
+        shutdown(first)
+    return results
+
+
+def full_grads(model) -> dict[str, torch.Tensor]:
+    """name -> full gradient (DTensor gradients gathered), for comparing against one process.
+
+    A DTensor gradient whose placements differ from its parameter's (e.g. Partial for a replicated
+    parameter) is reported under "__misplaced__": an optimizer would apply it wrongly."""
+    out, misplaced = {}, []
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        if hasattr(p.grad, "full_tensor"):
+            if tuple(p.grad.placements) != tuple(p.placements):
+                misplaced.append(f"{name}: grad {p.grad.placements} vs param {p.placements}")
+            g = p.grad.full_tensor()
+        else:
+            g = p.grad
+        out[name] = g.detach().clone()
+    out["__misplaced__"] = misplaced
+    return out
+
+
+def reference_grads(model_cfg: dict, dp_size: int, seed: int = 1234) -> dict[str, torch.Tensor]:
+    """Gradients of the first global batch in one process, dp micro-batches averaged."""
+    from polycom.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(tiny_config(**model_cfg))
+    for rows in tiny_batches(1)[0].chunk(dp_size):
+        (model(rows[:, :-1], rows[:, 1:]).loss / dp_size).backward()
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}

@@ -93,13 +93,27 @@ def check_tp_compatible(model: nn.Module, tp: int) -> None:
         raise UserError("parallel.tp > 1 but the model has no attention or MLP projections to shard")
 
 
+def _grad_to_param_placements(param: torch.Tensor) -> None:
+    """Post-accumulate-grad hook: make a DTensor gradient use its parameter's placements.
+
+    A replicated coefficient multiplying a Shard(-1) activation gets a Partial (per-rank partial
+    sum) gradient from DTensor's autograd; left as is, the optimizer would apply each rank's partial
+    sum to its replica and the replicas would drift apart. Redistributing sums the partials once.
+    (FSDP2 does the same for the parameters it manages.)
+    """
+    grad = param.grad
+    if grad is not None and tuple(grad.placements) != tuple(param.placements):
+        param.grad = grad.redistribute(param.device_mesh, param.placements)
+
+
 def _replicate_params_on(module: nn.Module, mesh) -> None:
     """Turn the direct parameters of `module` into replicated DTensors on `mesh` (in place)."""
     from torch.distributed.tensor import Replicate, distribute_tensor
 
     for pname, param in list(module.named_parameters(recurse=False)):
-        dt = distribute_tensor(param.data, mesh, [Replicate()])
-        module.register_parameter(pname, nn.Parameter(dt, requires_grad=param.requires_grad))
+        dt = nn.Parameter(distribute_tensor(param.data, mesh, [Replicate()]), requires_grad=param.requires_grad)
+        module.register_parameter(pname, dt)
+        dt.register_post_accumulate_grad_hook(_grad_to_param_placements)
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh) -> nn.Module:
@@ -182,16 +196,51 @@ def _has_meta(model: nn.Module) -> bool:
     return any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
 
 
-def materialize_and_init(model: nn.Module, device: torch.device) -> nn.Module:
+def _split_key(param: torch.Tensor) -> tuple | None:
+    """None for a plain or fully replicated parameter; else ((mesh dim name, coordinate), ...) of this
+    rank along the mesh dimensions over which the parameter is split."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if not isinstance(param, DTensor):
+        return None
+    mesh = param.device_mesh
+    coord = mesh.get_coordinate()
+    names = mesh.mesh_dim_names or tuple(f"dim{i}" for i in range(mesh.ndim))
+    key = tuple((names[i], coord[i]) for i, p in enumerate(param.placements) if not isinstance(p, Replicate))
+    return key or None
+
+
+def _shared_seed() -> int:
+    """This rank's `torch.initial_seed()`, or rank 0's when a process group is running."""
+    import torch.distributed as dist
+
+    seed = torch.tensor([torch.initial_seed() % (2**62)], dtype=torch.int64)
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            seed = seed.cuda()
+        dist.broadcast(seed, src=0)
+    return int(seed.item())
+
+
+@torch.no_grad()
+def materialize_and_init(model: nn.Module, device: torch.device, seed: int | None = None) -> nn.Module:
     """Allocate a meta-device model on `device` (each rank only its shards) and initialise it.
 
     Uses the model's own `init_weights()` when it has one, else every submodule's
-    `reset_parameters()`. Random draws on sharded parameters come from each rank's generator; seed
-    all ranks identically (same seed -> same replicated parameters).
+    `reset_parameters()`. A plain init would give every shard of a sharded parameter the same
+    draws (the CPU generator knows nothing of shards), so the init runs once per "split class":
+    parameters split over the same mesh dimensions are drawn from a generator seeded with
+    (seed, this rank's coordinates along those dimensions), replicated parameters from `seed`
+    alone. Shards are thus independent draws and replicas agree. `seed` defaults to rank 0's
+    `torch.initial_seed()`. The values differ from a single-process init with the same seed (same
+    distribution); build on a real device instead when bit-equal initial weights matter.
     """
+    import zlib
+
     model.to_empty(device=device)
-    with torch.no_grad():
-        init = getattr(model, "init_weights", None)
+    init = getattr(model, "init_weights", None)
+
+    def run_init() -> None:
         if callable(init):
             init()
         else:
@@ -199,6 +248,28 @@ def materialize_and_init(model: nn.Module, device: torch.device) -> nn.Module:
                 reset = getattr(module, "reset_parameters", None)
                 if callable(reset):
                     reset()
+
+    seed = _shared_seed() if seed is None else int(seed)
+    params = dict(model.named_parameters())
+    classes: dict[tuple | None, list[str]] = {}
+    for name, param in params.items():
+        classes.setdefault(_split_key(param), []).append(name)
+    rng_state = torch.get_rng_state()
+    saved: dict[str, torch.Tensor] = {}
+    keys = list(classes)
+    for index, key in enumerate(keys):
+        torch.manual_seed(seed if key is None else (seed + zlib.crc32(repr(key).encode())) % (2**62))
+        with warnings.catch_warnings():
+            # DTensor warns that its offset-based RNG tracker is unavailable on CPU meshes: that is
+            # why the init runs per split class here.
+            warnings.simplefilter("ignore", UserWarning)
+            run_init()
+        if index < len(keys) - 1:  # the last class keeps its values in place
+            for name in classes[key]:
+                saved[name] = params[name].detach().clone()
+    for name, value in saved.items():
+        params[name].copy_(value)
+    torch.set_rng_state(rng_state)
     return model
 
 
