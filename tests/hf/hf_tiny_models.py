@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 VOCAB = 64
@@ -72,3 +73,12 @@ def polyrelu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> t
     x = torch.relu(x.double())
     r = weight.numel()
     return sum(weight[r - i].double() * x**i for i in range(1, r + 1)) + bias.double()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread_hf():
+    """Tiny models run fastest on one thread, and on a shared 2-core box 2 threads can be 10-100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

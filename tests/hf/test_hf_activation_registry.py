@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_tiny_models import VOCAB, polynorm_ref, polyrelu_ref
+from hf_tiny_models import VOCAB, one_torch_thread_hf, polynorm_ref, polyrelu_ref  # noqa: F401
 
 import polycom.hf  # noqa: F401  (registers the activation names)
 from polycom import PolyNorm, PolyReLU

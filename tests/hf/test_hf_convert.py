@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_tiny_models import GATED, VOCAB, polynorm_ref, tiny_models
+from hf_tiny_models import GATED, VOCAB, one_torch_thread_hf, polynorm_ref, tiny_models  # noqa: F401
 
 import polycom.hf  # noqa: F401
 from polycom import MLP, PolyNorm, PolyReLU
@@ -209,3 +209,27 @@ def test_convert_cli(tmp_path, capsys):
         main(["convert", "--model", str(tmp_path / "llama"), "--out", str(tmp_path / "y"), "--activation", "gelu"]) == 2
     )
     assert "unknown PolyCom activation 'gelu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("activation", "mode"), [("swiglu", "replace"), ("swiglu", "ungated"), ("gelu", "replace")])
+def test_convert_polycom_model_is_recorded_natively(activation, mode, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from polycom import PolyNormGated
+    from polycom.hf import PolyComConfig, PolyComForCausalLM
+
+    model = PolyComForCausalLM(
+        PolyComConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, activation=activation
+        )
+    ).eval()
+    report = convert(model, "polynorm", mode)
+    assert report.auto_loadable and report.config_activation_field == "activation"
+    gated = activation == "swiglu" and mode == "replace"
+    assert model.config.activation == ("polynorm_glu" if gated else "polynorm")
+    act = model.model.layers[0].mlp.act
+    assert type(act) is (PolyNormGated if gated else PolyNorm)
+    ids = torch.randint(0, VOCAB, (2, 7))
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)

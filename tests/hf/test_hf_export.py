@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from hf_tiny_models import one_torch_thread_hf  # noqa: F401  (autouse fixture)
 
 import polycom.hf  # noqa: F401
 from polycom.cli import main

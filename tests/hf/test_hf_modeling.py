@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hf_tiny_models import one_torch_thread_hf  # noqa: F401  (autouse fixture)
 
 import polycom.hf  # noqa: F401
 from polycom.hf import PolyComConfig, PolyComForCausalLM

@@ -207,10 +207,11 @@ def find_mlps(model: nn.Module) -> list[_FoundMLP]:
 # conversion
 
 
-def _build_activation(activation: str, order: int, eps: float) -> nn.Module:
+def _build_activation(activation: str, order: int, eps: float, gated_call: bool = False) -> nn.Module:
+    """The PolyCom module; `gated_call`: the MLP calls act(gate, up) (polycom's own gated MLPs) -> gated variant."""
     if activation == "polynorm":
-        return PolyNorm(order=order, eps=eps)
-    return PolyReLU(order=order)
+        return PolyNormGated(order=order, eps=eps) if gated_call else PolyNorm(order=order, eps=eps)
+    return PolyReLUGated(order=order) if gated_call else PolyReLU(order=order)
 
 
 def _check_args(activation: str, mode: str, order: int, eps: float | None) -> tuple[str, str]:
@@ -280,11 +281,14 @@ def convert(
         mlp = found.module
         old_act = getattr(mlp, found.act_attr)
         params_before = _num_params(mlp)
-        new_act = _build_activation(activation, order, eps_value)
+        rewrite = mode == "ungated" and found.kind == "gated"
+        # polycom's own gated MLPs call act(gate, up): a swapped-in activation must take both
+        gated_call = not rewrite and bool(getattr(old_act, "gated", False))
+        new_act = _build_activation(activation, order, eps_value, gated_call=gated_call)
         ref = next(iter(mlp.parameters()), None)
         if ref is not None:
             new_act = new_act.to(device=ref.device)  # coefficients stay fp32 (the ops compute in fp32)
-        if mode == "ungated" and found.kind == "gated":
+        if rewrite:
             new_mlp = _ungated_mlp(found, new_act, std)
             _set_submodule(model, found.name, new_mlp)
             action, hidden_after, params_after = (
@@ -360,6 +364,8 @@ def _record_in_config(model: nn.Module, report: ConversionReport, eps: float) ->
     expressible = report.order == DEFAULT_ORDER and eps == DEFAULT_EPS and not previous
     if report.mode == "ungated" and any(c.kind == "gated" for c in report.changes):
         expressible = False
+    if getattr(config, "model_type", None) == "polycom" and not previous and _record_polycom_config(model, report):
+        return
     for key in _activation_field_candidates(config):
         trial = copy.deepcopy(config)
         setattr(trial, key, report.activation)
@@ -398,6 +404,30 @@ def _record_in_config(model: nn.Module, report: ConversionReport, eps: float) ->
             ],
         },
     )
+
+
+def _record_polycom_config(model: nn.Module, report: ConversionReport) -> bool:
+    """A PolyComForCausalLM says its activation, order and MLP width in its own config: set them natively.
+
+    True when the updated config rebuilds exactly the converted model (then the Auto API reloads it).
+    """
+    config = model.config
+    if config.num_experts > 0 or len({(c.kind, c.hidden_after) for c in report.changes}) != 1:
+        return False
+    change = report.changes[0]
+    gated = change.kind == "gated" and report.mode == "replace"
+    trial = copy.deepcopy(config)
+    trial.activation = report.activation + ("_glu" if gated else "")
+    trial.activation_order = report.order
+    trial.intermediate_size = change.hidden_after
+    rebuilt = _meta_model(model, trial)
+    if rebuilt is None or _shape_map(rebuilt) != _shape_map(model):
+        return False
+    config.activation, config.activation_order = trial.activation, trial.activation_order
+    config.intermediate_size = trial.intermediate_size
+    report.config_activation_field = "activation"
+    report.auto_loadable = True
+    return True
 
 
 def _is_polycom_at(model: nn.Module, name: str, attr: str) -> bool:
