@@ -29,8 +29,10 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -152,6 +154,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cuda (default). cpu only smoke-tests the harness on tiny shapes (Triton interpreter); no speed meaning",
     )
     parser.add_argument("--summarize", metavar="JSONL", help="print a Markdown summary of a results file and exit")
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="no GPU needed: compile the kernels chosen for --shapes/--dtypes/--ops for sm_90 and print registers and "
+        "spills (cubin resource usage); appends no rows",
+    )
+    parser.add_argument("--sms", type=int, default=132, help="SM count assumed by --static (H100 SXM: 132)")
 
 
 # ------------------------------------------------------------------------------------ formulas
@@ -641,6 +650,115 @@ def summarize(path: Path) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------ static resources
+
+
+_STORAGE_PTRS = {"x_ptr", "up_ptr", "y_ptr", "dy_ptr", "dx_ptr", "dup_ptr"}
+_ACC_PTRS = {"rstd_ptr", "part_ptr"}
+
+
+def _kernel_signature(fn, storage: str, acc: str, constexprs: dict) -> tuple[dict, dict]:
+    """Triton signature and 16-divisibility attributes (what the launcher sees for aligned, 16-multiple shapes)."""
+    sig, attrs = {}, {}
+    for index, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            sig[name] = "constexpr"
+            continue
+        if name.endswith("_ptr"):
+            sig[name] = "*" + (storage if name in _STORAGE_PTRS else acc if name in _ACC_PTRS else "fp32")
+        elif name == "eps":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+        if name.endswith("_ptr") or name in ("M", "N") or name.startswith("stride"):
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return sig, attrs
+
+
+def static_resources(shapes, dtypes, ops, order: int, sms: int) -> list[dict]:
+    """Compile each kernel configuration the launcher would pick for sm_90 (no GPU) and read the cubin's
+    registers / stack / local memory with cuobjdump. Uses Triton's compiler API (ASTSource, GPUTarget)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from polycom.ops.triton import config as kcfg
+    from polycom.ops.triton import polynorm_kernels, polyrelu_kernels
+
+    if not isinstance(polynorm_kernels.poly_norm_fwd_kernel, triton.runtime.JITFunction):
+        from polycom.errors import UserError
+
+        raise UserError("--static compiles the kernels for sm_90: run it without TRITON_INTERPRET=1 in the environment")
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    target = GPUTarget("cuda", 90, 32)
+    storage_names = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
+    out = []
+    for m, n in shapes:
+        for dtype_name in dtypes:
+            elt = torch.tensor([], dtype=DTYPES[dtype_name]).element_size()
+            for op in ops:
+                if op not in POLY_OPS:
+                    continue
+                gated = op.endswith("_gated")
+                for mode in ("fwd", "bwd"):
+                    if op.startswith("polynorm"):
+                        backward = mode == "bwd"
+                        row_bytes = n * elt * ((3 if gated else 2) if backward else 1)
+                        launch = kcfg.row_launch(m, n, backward=backward, row_bytes=row_bytes, num_sms=sms)
+                        fn = (
+                            polynorm_kernels.poly_norm_bwd_kernel if backward else polynorm_kernels.poly_norm_fwd_kernel
+                        )
+                        constexprs = {
+                            "R": order, "RP": triton.next_power_of_2(order), "GATED": gated, "BLOCK_M": launch.block_m,
+                            "BLOCK_N": launch.block_n, "SINGLE_TILE": launch.single_tile, "ACC": tl.float32,
+                        }  # fmt: skip
+                        layout = f"{'single' if launch.single_tile else 'looped'} {launch.block_m}x{launch.block_n}"
+                    else:
+                        launch = kcfg.elementwise_launch(m, n)
+                        fn = (
+                            polyrelu_kernels.poly_relu_bwd_kernel
+                            if mode == "bwd"
+                            else polyrelu_kernels.poly_relu_fwd_kernel
+                        )
+                        constexprs = {
+                            "R": order, "GATED": gated, "BLOCK_M": launch.block_m, "BLOCK_N": launch.block_n,
+                            "ACC": tl.float32,
+                        }  # fmt: skip
+                        layout = f"tile {launch.block_m}x{launch.block_n}"
+                    sig, attrs = _kernel_signature(fn, storage_names[dtype_name], "fp32", constexprs)
+                    row = {"op": op, "mode": mode, "shape": f"{m}x{n}", "dtype": dtype_name, "layout": layout,
+                           "num_warps": launch.num_warps, "grid": launch.grid}  # fmt: skip
+                    try:
+                        src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+                        kernel = triton.compile(src, target=target, options={"num_warps": launch.num_warps})
+                        with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+                            f.write(kernel.asm["cubin"])
+                        usage = subprocess.run(
+                            [str(cuobjdump), "--dump-resource-usage", f.name],
+                            capture_output=True,
+                            text=True,
+                            timeout=60,
+                        ).stdout
+                        os.unlink(f.name)
+                        found = re.search(r"REG:(\d+).*?STACK:(\d+).*?SHARED:(\d+).*?LOCAL:(\d+)", usage)
+                        if not found:
+                            raise RuntimeError(f"could not read cuobjdump output: {usage[:200]!r}")
+                        row.update(registers=int(found[1]), stack=int(found[2]), local=int(found[4]))
+                        row["vector_loads"] = len(re.findall(r"ld\.global(?:\.\w+)*\.v4", kernel.asm["ptx"]))
+                    except Exception as exc:
+                        row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    print(
+                        f"{op:15s} {mode} {m}x{n} {dtype_name} {layout:20s} warps {launch.num_warps:2d} grid {launch.grid}: "
+                        + (row.get("error") or f"{row['registers']} registers, stack {row['stack']} B, local "
+                           f"{row['local']} B, {row['vector_loads']} 16-byte loads"),
+                        flush=True,
+                    )  # fmt: skip
+                    out.append(row)
+    return out
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -732,6 +850,9 @@ def handle(args: argparse.Namespace) -> int:
         print(summarize(Path(args.summarize)))
         return 0
     cfg = config_from_args(args)
+    if args.static:
+        rows = static_resources(cfg.shapes, cfg.dtypes, [op for op in cfg.ops if op in POLY_OPS], cfg.order, args.sms)
+        return 1 if any("error" in r for r in rows) else 0
     rows = run(cfg)
     return 1 if any(r["check"] != "ok" and r["provider"] == "polycom" for r in rows) else 0
 

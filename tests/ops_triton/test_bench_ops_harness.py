@@ -82,3 +82,22 @@ def test_a_wrong_kernel_is_checked_and_never_timed(tmp_path, monkeypatch):
     for r in rows:
         assert r["check"] == "FAILED" and "y err" in r["check_detail"]
         assert "median_ms" not in r and "GBps" not in r
+
+
+@pytest.mark.slow
+def test_static_compile_for_sm90_has_no_spills():
+    """Compiles the kernels for sm_90 without a GPU (fresh process without TRITON_INTERPRET) and checks the
+    cubin resource usage: no local memory (spills) for the configurations of a narrow and a wide shape."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, str(cli_bench_ops.SCRIPT), "--static", "--shapes", "64x1000", "32x20000"]
+    cmd += ["--dtypes", "bf16", "--ops", "polynorm_gated", "polyrelu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if "registers" in line]
+    assert len(lines) == 2 * 2 * 2  # shapes x ops x (fwd, bwd)
+    assert all("local 0 B" in line for line in lines), result.stdout
+    assert any("looped" in line for line in lines) and any("single" in line for line in lines)

@@ -290,3 +290,24 @@ def test_zero_huge_and_tiny_rows(op, dtype, r, huge, tiny):
     ours = check_against_fp64(op, True, x, up, w, b, dy)
     if op == "polynorm":
         torch.testing.assert_close(ours[0][0].float(), (b * up[0].float()).to(x.dtype).float(), rtol=0, atol=2e-2)
+
+
+def test_strided_weight_is_read_correctly():
+    x = torch.randn(3, 20)
+    w_strided = torch.randn(6)[::2]  # non-contiguous coefficient view
+    w, b = w_strided.contiguous(), torch.randn(1)
+    y_strided, rstd = launch.poly_norm_forward(x, None, w_strided, b, EPS)
+    torch.testing.assert_close(y_strided, launch.poly_norm_forward(x, None, w, b, EPS)[0], rtol=0, atol=0)
+    dy = torch.randn(3, 20)
+    grads = launch.poly_norm_backward(dy, x, None, w_strided, b, rstd)
+    expected = launch.poly_norm_backward(dy, x, None, w, b, rstd)
+    for got, want in zip(grads, expected):
+        assert (got is None and want is None) or torch.equal(got, want)
+    torch.testing.assert_close(launch.poly_relu_forward(x, None, w_strided, b), launch.poly_relu_forward(x, None, w, b))
+
+
+def test_coefficients_on_another_device_is_a_clear_error():
+    x = torch.randn(2, 8)
+    w = torch.randn(3, device="meta")
+    with pytest.raises(ValueError, match="same device as the input"):
+        launch.poly_norm_forward(x, None, w, torch.zeros(1), EPS)

@@ -34,6 +34,15 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(-1, n)
 
 
+def coefficients_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight/bias as contiguous tensors on x's device (the kernels index them as flat arrays)."""
+    if weight.device != x.device or bias.device != x.device:
+        raise ValueError(
+            f"weight ({weight.device}) and bias ({bias.device}) must be on the same device as the input ({x.device})"
+        )
+    return weight.contiguous(), bias.contiguous()
+
+
 def _tl_acc(dtype: torch.dtype) -> tl.dtype:
     return tl.float64 if config.accumulator_dtype(dtype) == torch.float64 else tl.float32
 
@@ -63,6 +72,7 @@ def poly_norm_forward(
     x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, rstd): y = PolyNorm(x) (* up) shaped like x; rstd (M, r) fp32 (fp64 for fp64 x) row statistics."""
+    weight, bias = coefficients_on(x, weight, bias)
     r = weight.numel()
     x2 = as_rows(x)
     m, n = x2.shape
@@ -109,6 +119,7 @@ def poly_norm_backward(
     rstd: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(dx, d_up or None, dweight, dbias) of PolyNorm from x, the saved rstd and the output gradient."""
+    weight, bias = coefficients_on(x, weight, bias)
     r = weight.numel()
     x2 = as_rows(x)
     m, n = x2.shape
@@ -157,6 +168,7 @@ def poly_relu_forward(
     x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
     """PolyReLU(x) (* up), shaped like x."""
+    weight, bias = coefficients_on(x, weight, bias)
     r = weight.numel()
     x2 = as_rows(x)
     m, n = x2.shape
@@ -192,6 +204,7 @@ def poly_relu_backward(
     grad: torch.Tensor, x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(dx, d_up or None, dweight, dbias) of PolyReLU."""
+    weight, bias = coefficients_on(x, weight, bias)
     r = weight.numel()
     x2 = as_rows(x)
     m, n = x2.shape
