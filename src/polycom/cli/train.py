@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,15 +62,20 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, preset=args.preset, overrides=overrides)
         run_dir = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
 
-    progress = _Progress(cfg.train.steps, enabled=not args.no_progress)
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    progress = _Progress(cfg.train.steps, enabled=not args.no_progress and is_main)
     with progress:
         result = train(cfg, run_dir, resume=bool(args.resume), on_event=progress.on_event, show_progress=True)
-    if result.interrupted:
+    if result.interrupted and is_main:
         print(
             f"interrupted at step {result.steps}: checkpoint saved; continue with: polycom train --resume {run_dir}",
             file=sys.stderr,
         )
         return 130
+    if result.interrupted:
+        return 130
+    if not is_main:
+        return 0
     print(
         f"{run_dir}: {result.steps} steps, val loss {_f(result.initial_val_loss)} -> {_f(result.final_val_loss)}, "
         f"{result.tokens_per_s or 0:,.0f} tokens/s, {result.wall_s:.0f} s"

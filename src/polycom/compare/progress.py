@@ -54,12 +54,10 @@ class CompareProgress:
     def finish_run(self, activation: str, seed: int, *, result=None, skipped: bool = False) -> None:
         self._done_steps += self.steps
         self.progress.update(self.total, completed=self._done_steps)
-        if not self.enabled:
-            return
         if skipped:
-            self.progress.console.print(f"{activation} seed {seed}: already finished, reused")
+            self.console.print(f"{activation} seed {seed}: already finished, reused")
         elif result is not None:
-            self.progress.console.print(
+            self.console.print(
                 f"{activation} seed {seed}: val loss {result.initial_val_loss:.3f} -> {result.final_val_loss:.3f}"
                 f"  ({result.tokens_per_s:,.0f} tokens/s, {result.wall_s:.0f} s)"
             )

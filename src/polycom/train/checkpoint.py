@@ -25,7 +25,7 @@ from polycom.errors import UserError
 
 FORMAT = "polycom-checkpoint"
 VERSION = 1
-_NAME = re.compile(r"^step_(\d{8})\.pt$")
+_NAME = re.compile(r"^step_(\d{8})(\.pt)?$")  # .pt: single-process file; no suffix: DCP folder
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -76,11 +76,33 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], *, ke
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoint files of a run, oldest first."""
+    """Checkpoints of a run (files, or DCP folders of multi-process runs), oldest first."""
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+    found = [p for p in folder.iterdir() if _NAME.match(p.name) and (p.is_dir() or p.suffix == ".pt")]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def save_dcp_checkpoint(run_dir, step: int, model, optimizer, extra: dict, ctx, *, keep: int = 0) -> Path:
+    """Multi-process runs: every rank saves its shards with polycom.distributed.checkpoint (a folder).
+
+    The folder is written under a temporary name and renamed when complete (atomic); DCP folders carry
+    no sha256 file (each rank writes its own shard files).
+    """
+    from polycom.distributed.checkpoint import save_checkpoint as dcp_save
+
+    final = checkpoint_dir(run_dir) / f"step_{step:08d}"
+    dcp_save(final, model, optimizer, extra, ctx)
+    if ctx.is_main:
+        _atomic_text(checkpoint_dir(run_dir) / "latest", final.name + "\n")
+        if keep > 0:
+            import shutil
+
+            for old in list_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+                old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    return final
 
 
 def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
@@ -90,6 +112,8 @@ def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
         raise UserError(f"run folder {run_dir} not found")
     if step is not None:
         path = checkpoint_path(run_dir, step)
+        if not path.is_file() and path.with_suffix("").is_dir():
+            return path.with_suffix("")
         if not path.is_file():
             steps = [int(_NAME.match(p.name).group(1)) for p in list_checkpoints(run_dir)]
             raise UserError(f"{run_dir} has no checkpoint for step {step} (available: {steps or 'none'})")
@@ -97,7 +121,7 @@ def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
     latest = checkpoint_dir(run_dir) / "latest"
     if latest.is_file():
         path = checkpoint_dir(run_dir) / latest.read_text().strip()
-        if path.is_file():
+        if path.exists():
             return path
     found = list_checkpoints(run_dir)
     if not found:
@@ -150,10 +174,15 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu", step
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     path = find_checkpoint(run_dir, step)
-    state = load_checkpoint(path, map_location="cpu")
     model_config = ModelConfig.from_dict(config["model"])
     model = build_model(model_config)
-    model.load_state_dict(state["model"])
+    if path.is_dir():  # DCP folder of a multi-process run: DCP reshards it onto this single process
+        from polycom.distributed.checkpoint import load_checkpoint as dcp_load
+        from polycom.distributed.runtime import DistContext
+
+        dcp_load(path, model, None, DistContext())
+    else:
+        model.load_state_dict(load_checkpoint(path, map_location="cpu")["model"])
     model.to(device).eval()
     tok_dir = run_dir / "tokenizer"
     tokenizer = load_tokenizer(tok_dir if tok_dir.is_dir() else "byte")

@@ -33,7 +33,13 @@ from polycom.data.loader import WindowSampler, eval_batches
 from polycom.data.shards import TokenShards
 from polycom.errors import UserError
 from polycom.models import build_model
-from polycom.train.checkpoint import find_checkpoint, load_checkpoint, read_run_config, save_checkpoint
+from polycom.train.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    read_run_config,
+    save_checkpoint,
+    save_dcp_checkpoint,
+)
 from polycom.train.config import DataConfig, TrainConfig
 from polycom.train.metrics import MetricsWriter
 from polycom.train.run_header import run_header
@@ -252,7 +258,13 @@ def train(
     state = None
     if resume:
         # Verify the checkpoint before anything is written: a corrupt file leaves the folder untouched.
-        state = load_checkpoint(find_checkpoint(run_dir), map_location="cpu")
+        path = find_checkpoint(run_dir)
+        if path.is_dir():  # a multi-process (DCP) checkpoint folder: loaded after parallelize, below
+            state = {"dcp_path": path}
+        else:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise UserError(f"{path} was saved by a single process; resume it with one process")
+            state = load_checkpoint(path, map_location="cpu")
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -282,7 +294,7 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
     n_params = raw_model.num_parameters()
     flops_per_token = raw_model.flops_per_token(seq_len)
     raw_model.to(device)
-    if state is not None:
+    if state is not None and "model" in state:
         raw_model.load_state_dict(state["model"])
     model = raw_model
     if parallelize_fn is not None and (ctx.world_size > 1 or cfg.parallel.activation_checkpointing):
@@ -290,8 +302,13 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
     optimizer = build_optimizer(model, cfg, device)
     schedule = WarmupCosine(cfg.optim.lr, tc.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
     start_step = 0
+    if state is not None and "dcp_path" in state:
+        from polycom.distributed.checkpoint import load_checkpoint as dcp_load
+
+        state = {**dcp_load(state["dcp_path"], model, optimizer, ctx), "optimizer": None}
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -325,23 +342,21 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
         return total / len(val)
 
     def checkpoint(step: int, val_loss: float | None) -> None:
-        if not ctx.is_main:
-            return
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
-        save_checkpoint(
-            run_dir,
-            step,
-            {
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": {**schedule.state_dict(), "step": step},
-                "rng": rng,
-                "data": {"seed": tc.seed, "next_step": step, "seq_len": seq_len, "batch_size": tc.batch_size},
-                "config": cfg.to_dict(),
-                "val_loss": val_loss,
-            },
-            keep=tc.keep_checkpoints,
-        )
+        extra = {
+            "step": step,
+            "scheduler": {**schedule.state_dict(), "step": step},
+            "rng": rng,
+            "data": {"seed": tc.seed, "next_step": step, "seq_len": seq_len, "batch_size": tc.batch_size},
+            "config": cfg.to_dict(),
+            "val_loss": val_loss,
+        }
+        if ctx.world_size > 1:  # every rank writes its shards (torch.distributed.checkpoint)
+            save_dcp_checkpoint(run_dir, step, model, optimizer, extra, ctx, keep=tc.keep_checkpoints)
+            return
+        if ctx.is_main:
+            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), **extra}
+            save_checkpoint(run_dir, step, state, keep=tc.keep_checkpoints)
 
     initial_val = last_val = None
     if state is not None:
@@ -372,9 +387,7 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
                     (out.loss / tc.grad_accum).backward()
                     loss_sum += out.ce_loss.detach()
                 clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                if hasattr(grad_norm, "full_tensor"):
-                    grad_norm = grad_norm.full_tensor()
+                grad_norm = clip_grad_norm(model.parameters(), clip, ctx)
                 in_update = True
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -442,6 +455,15 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
         num_parameters=n_params,
         wall_s=time.perf_counter() - t_start,
     )
+
+
+def clip_grad_norm(parameters, max_norm: float, ctx) -> torch.Tensor:
+    """Clip the global gradient norm; DTensor-aware (FSDP2 / TP) when running on several processes."""
+    if ctx.world_size > 1:
+        from polycom.distributed.grad_utils import clip_grad_norm_
+
+        return clip_grad_norm_(parameters, max_norm)
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
 def _all_reduce_mean(value: float, ctx) -> float:
