@@ -97,3 +97,24 @@ def test_unknown_task_lists_suggestions(run_and_model):
         evaluate(folder, tasks=["polycom_tiny_mcq"])
     with pytest.raises(UserError, match="did you mean: .*hellaswag"):
         evaluate(load_eval_model(folder), tasks=["helaswag"])
+
+
+class _Request:  # the one attribute of lm-eval's Instance the adapter reads
+    def __init__(self, *args):
+        self.args = args
+
+
+def test_adapter_rolling_loglikelihood_and_greedy_generation(run_and_model):
+    from polycom.eval import text_perplexity
+    from polycom.eval.lm_eval_adapter import PolyComEvalLM
+
+    folder, model = run_and_model
+    lm = PolyComEvalLM(str(folder), batch_size=4)
+    text = "All the world's a stage, and all the men and women merely players. " * 3  # > max_seq_len 128
+    (rolling,) = lm.loglikelihood_rolling([_Request(text)])
+    assert rolling == pytest.approx(-text_perplexity(lm.em, text)["nll"], rel=1e-9)
+
+    prompt = "To be or"
+    (generated,) = lm.generate_until([_Request(prompt, {"until": ["\x00never"], "max_gen_toks": 6})])
+    expected = model.generate(torch.tensor([list(prompt.encode())]), 6, temperature=0)[0, len(prompt) :].tolist()
+    assert generated == bytes(expected).decode("utf-8", errors="replace")

@@ -80,3 +80,28 @@ def test_export_cli_errors(tmp_path, capsys):
     (tmp_path / "empty" / "config.json").write_text("{}")
     assert main(["export", "--run", str(tmp_path / "empty"), "--out", str(tmp_path / "hf")]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_export_of_a_real_polycom_train_run(tmp_path):
+    """`polycom train` (a few steps) -> `polycom export` -> Auto API: same logits and same tokenizer as the run."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from polycom.train.checkpoint import load_run_model
+
+    run = tmp_path / "run"
+    train_args = ["train", "--steps", "3", "--out", str(run), "--no-progress", "--model.activation=polynorm"]
+    train_args += ["--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2", "--model.max_seq_len=64"]
+    train_args += ["--train.batch_size=4", "--train.seq_len=32", "--train.eval_batches=1", "--train.device=cpu"]
+    train_args += [f"--data.cache_dir={tmp_path / 'cache'}"]
+    assert main(train_args) == 0
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
+
+    harness, _, tokenizer = load_run_model(run)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = hf_tok(TEXT[:60], return_tensors="pt").input_ids
+    assert ids[0].tolist() == tokenizer.encode(TEXT[:60])
+    torch.testing.assert_close(model(ids).logits, harness(ids).logits, rtol=0, atol=1e-6)
+    # the trained PolyNorm coefficients moved away from their init and were exported per layer
+    coeffs = [layer.mlp.act.weight.detach() for layer in model.model.layers]
+    assert all(not torch.allclose(c, torch.full((3,), 1 / 3)) for c in coeffs)
