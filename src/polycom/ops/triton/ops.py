@@ -17,7 +17,8 @@ return None):
 compute dtype inside the kernel, so it never promotes the math to fp64 under compile.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: torch.library infers the op schemas from these
+# annotations; evaluated (non-string) `Tensor | None` annotations work on every supported torch version.
 
 import torch
 from torch import Tensor
