@@ -1,0 +1,127 @@
+"""Loading models to analyse (harness run folders, Hugging Face folders) and their validation tokens.
+
+A folder is a harness run when it has ``run.json`` or ``checkpoints/`` (loaded with
+`polycom.train.checkpoint.load_run_model`, which raises UserError for a folder without a
+checkpoint), and a Hugging Face folder when it has ``config.json`` with a ``model_type`` (loaded with
+`polycom.hf.convert.load_model_folder` after ``import polycom.hf`` registers the PolyCom classes).
+
+Validation tokens, first match wins: ``--data DIR`` (a prepared data folder: its ``val`` split);
+``--text FILE`` (encoded with the model's tokenizer); the run's own prepared data folder (from its
+config, when it still exists: its ``val`` split); the embedded Shakespeare corpus, last 5% of the
+text (may overlap a run's training data; the report says which source was used).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from polycom.errors import UserError
+
+__all__ = ["LoadedModel", "load_analysis_model", "validation_tokens"]
+
+
+@dataclass
+class LoadedModel:
+    label: str
+    kind: str  # "run" | "hf"
+    path: str
+    model: nn.Module
+    tokenizer: object | None
+    config: dict
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / "run.json").is_file() or (folder / "checkpoints").is_dir()
+
+
+def load_analysis_model(path: str | Path, label: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a harness run folder or a Hugging Face model folder (see module docstring)."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; pass a polycom run folder or a Hugging Face model folder")
+    label = label or folder.name
+    if _is_run_folder(folder):
+        from polycom.train.checkpoint import load_run_model
+
+        if (folder / "checkpoints").is_dir() and not any((folder / "checkpoints").glob("*.pt")):
+            raise UserError(f"run folder {folder} has no checkpoint in {folder / 'checkpoints'}")
+        model, model_config, tokenizer = load_run_model(folder, device=device)
+        config = {}
+        cfg_path = folder / "config.json"
+        if cfg_path.is_file():
+            config = json.loads(cfg_path.read_text())
+        config.setdefault("model", model_config.to_dict())
+        return LoadedModel(label, "run", str(folder), model.eval(), tokenizer, config)
+    cfg_path = folder / "config.json"
+    if cfg_path.is_file():
+        try:
+            hf_config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{cfg_path} is not valid JSON: {exc}") from None
+        if "model_type" in hf_config:
+            import polycom.hf  # noqa: F401  (registers the PolyCom classes with transformers' Auto*)
+            from polycom.hf.convert import load_model_folder
+
+            model, tokenizer = load_model_folder(folder)
+            return LoadedModel(label, "hf", str(folder), model.to(device).eval(), tokenizer, {"hf_config": hf_config})
+    raise UserError(
+        f"{folder} is neither a polycom run folder (run.json, checkpoints/) nor a Hugging Face model folder "
+        "(config.json with model_type)"
+    )
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    if tokenizer is None:
+        raise UserError("the model folder has no tokenizer; pass --data with a prepared data folder instead of text")
+    ids = tokenizer.encode(text)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # a transformers BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def _run_data_folder(loaded: LoadedModel) -> Path | None:
+    data = loaded.config.get("data") if isinstance(loaded.config, dict) else None
+    if not isinstance(data, dict):
+        return None
+    for key in ("resolved_path", "path"):
+        value = data.get(key)
+        if value and (Path(value) / "meta.json").is_file():
+            return Path(value)
+    return None
+
+
+def validation_tokens(
+    loaded: LoadedModel, max_tokens: int, data: str | None = None, text: str | None = None
+) -> tuple[np.ndarray, str]:
+    """(token ids (n,), description of the source) for `loaded` (see module docstring for the order)."""
+    from polycom.data import TokenShards
+
+    if data:
+        shards = TokenShards(data)
+        return np.asarray(shards.val.tokens[:max_tokens], dtype=np.int64), f"val split of {data}"
+    if text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"text file {path} does not exist")
+        ids = _encode(loaded.tokenizer, path.read_text(encoding="utf-8", errors="replace"))
+        return np.asarray(ids[:max_tokens], dtype=np.int64), f"text file {path}"
+    folder = _run_data_folder(loaded)
+    if folder is not None:
+        shards = TokenShards(folder)
+        return np.asarray(shards.val.tokens[:max_tokens], dtype=np.int64), f"val split of the run's data {folder}"
+    from polycom.data import embedded_corpus_text
+
+    corpus = embedded_corpus_text()
+    tail = corpus[int(len(corpus) * 0.95) :]
+    # Enough characters for max_tokens with any tokenizer (>= 1 char per token for byte/BPE).
+    ids = _encode(loaded.tokenizer, tail[: max(4 * max_tokens, 4096)])
+    return np.asarray(
+        ids[:max_tokens], dtype=np.int64
+    ), "embedded Shakespeare corpus, last 5% (may overlap training data)"
