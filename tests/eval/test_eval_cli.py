@@ -83,3 +83,32 @@ def test_cli_bad_input(tmp_path, capsys):
     bpe.save(folder / "tokenizer")
     assert main(["eval", "--model", str(folder), "--text", str(tmp_path / "junk" / "notes.txt")]) == 2
     assert "vocabulary mismatch" in _err(capsys)
+
+
+def test_eval_of_a_converted_llama_folder_matches_direct_scoring(tmp_path):
+    import math
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from polycom.data import ByteTokenizer
+    from polycom.eval import evaluate
+    from polycom.hf import convert, load_converted
+    from polycom.hf.convert import save_converted
+    from polycom.hf.tokenizer import to_hf_tokenizer
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    model = LlamaForCausalLM(cfg)
+    convert(model, "polynorm", "ungated")  # needs load_converted: the eval loader must take that path
+    folder = save_converted(model, to_hf_tokenizer(ByteTokenizer()), tmp_path / "llama-ug")
+    text_file = tmp_path / "t.txt"
+    text_file.write_text(TEXT)
+
+    result = evaluate(folder, text_files=[text_file])["perplexity"][0]
+    reloaded = load_converted(folder)
+    ids = [10, *TEXT.encode()]  # byte tokenizer has no EOS: the prefix token is a newline
+    with torch.no_grad():
+        logp = torch.log_softmax(reloaded(torch.tensor([ids[:-1]])).logits[0].double(), -1)
+    nll = -sum(logp[i, ids[i + 1]].item() for i in range(len(ids) - 1))
+    assert result["nll"] == pytest.approx(nll, rel=1e-6)
+    assert result["bits_per_byte"] == pytest.approx(nll / (len(TEXT.encode()) * math.log(2)), rel=1e-6)
