@@ -20,6 +20,15 @@ from polycom.ops.validation import check_activation_input, check_coefficients, c
 
 __all__ = ["poly_norm", "poly_relu", "poly_norm_gated", "poly_relu_gated"]
 
+try:  # DTensor inputs (tensor parallel) take the exact all-reduced path in polycom.distributed
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # torch built without distributed support
+    _DTensor = None
+
+
+def _is_dtensor(x: torch.Tensor) -> bool:
+    return _DTensor is not None and isinstance(x, _DTensor)
+
 
 def _triton_impl() -> types.ModuleType:
     try:
@@ -53,6 +62,10 @@ def poly_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: fl
     check_activation_input(x)
     check_coefficients(weight, bias)
     check_eps(eps)
+    if _is_dtensor(x):  # normalise over the full (sharded) row, not per shard
+        from polycom.distributed.tensor_parallel_polynorm import poly_norm_dtensor
+
+        return poly_norm_dtensor(x, weight, bias, eps)
     return _impl(x).poly_norm(x, weight, bias, eps)
 
 
@@ -78,6 +91,10 @@ def poly_norm_gated(
     check_gate_up(gate, up)
     check_coefficients(weight, bias)
     check_eps(eps)
+    if _is_dtensor(gate):
+        from polycom.distributed.tensor_parallel_polynorm import poly_norm_gated_dtensor
+
+        return poly_norm_gated_dtensor(gate, up, weight, bias, eps)
     return _impl(gate).poly_norm_gated(gate, up, weight, bias, eps)
 
 
