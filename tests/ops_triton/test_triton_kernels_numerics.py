@@ -311,3 +311,16 @@ def test_coefficients_on_another_device_is_a_clear_error():
     w = torch.randn(3, device="meta")
     with pytest.raises(ValueError, match="same device as the input"):
         launch.poly_norm_forward(x, None, w, torch.zeros(1), EPS)
+
+
+@pytest.mark.parametrize("r", [1, 3, 6])
+def test_partials_reduction_matches_fp64_sum(r):
+    """The one-launch reduction of [programs, r+1] partials (looping over 3000 programs in blocks of 1024)."""
+    part = torch.randn(3000, r + 1) * 10
+    weight = torch.zeros(r, dtype=torch.bfloat16)
+    bias = torch.zeros(1)
+    dweight, dbias = launch._coefficient_grads(part, weight, bias)
+    total = part.double().sum(0)
+    assert dweight.dtype == torch.bfloat16 and dbias.dtype == torch.float32
+    torch.testing.assert_close(dweight.double(), total[:r].flip(0).to(torch.bfloat16).double(), rtol=1e-2, atol=0)
+    torch.testing.assert_close(dbias.double(), total[r:], rtol=1e-5, atol=1e-4)

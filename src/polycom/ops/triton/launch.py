@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from polycom.ops.triton import config
+from polycom.ops.triton.partials_kernel import coefficient_grads_kernel
 from polycom.ops.triton.polynorm_kernels import poly_norm_bwd_kernel, poly_norm_fwd_kernel
 from polycom.ops.triton.polyrelu_kernels import poly_relu_bwd_kernel, poly_relu_fwd_kernel
 
@@ -58,10 +59,24 @@ def _order_pow2(r: int) -> int:
 def _coefficient_grads(
     part: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum the [programs, r+1] partials once; column j is power j+1 = weight[r-1-j]."""
+    """Sum the [programs, r+1] partials once (one deterministic launch); column j is power j+1 = weight[r-1-j]."""
     r = weight.numel()
-    total = part.sum(dim=0)
-    return total[:r].flip(0).to(weight.dtype), total[r:].to(bias.dtype, copy=True)  # no view: own storage
+    dweight = torch.empty_like(weight)
+    dbias = torch.empty_like(bias)
+    programs = part.shape[0]
+    with _device_guard(part):
+        coefficient_grads_kernel[(1,)](
+            part,
+            dweight,
+            dbias,
+            programs,
+            R=r,
+            RP1=triton.next_power_of_2(r + 1),
+            BLOCK_P=min(1024, triton.next_power_of_2(programs)),
+            ACC=_tl_acc(part.dtype),
+            num_warps=4,
+        )
+    return dweight, dbias
 
 
 def _zero_coefficient_grads(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
