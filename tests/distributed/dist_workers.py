@@ -331,3 +331,57 @@ def reference_grads(model_cfg: dict, dp_size: int, seed: int = 1234) -> dict[str
     for rows in tiny_batches(1)[0].chunk(dp_size):
         (model(rows[:, :-1], rows[:, 1:]).loss / dp_size).backward()
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+# ----------------------------------------------------------------------------------------------------
+# failure modes: they must raise on every rank, quickly, never hang
+# ----------------------------------------------------------------------------------------------------
+
+
+def init_error_worker(rank: int, world_size: int, tp: int) -> str:
+    """init_distributed with a layout that does not fit the world size -> the error message."""
+    from polycom.distributed import ParallelConfig, init_distributed
+    from polycom.errors import UserError
+
+    try:
+        init_distributed(ParallelConfig(tp=tp, timeout_s=20))
+    except UserError as exc:
+        return f"UserError: {exc}"
+    return "no error"
+
+
+def missing_peer_worker(rank: int, world_size: int, timeout_s: int) -> tuple[str, float]:
+    """Rank 0 joins the rendezvous; the others never do. -> (rank 0's error, seconds it took)."""
+    import time
+
+    from polycom.distributed import ParallelConfig, init_distributed
+    from polycom.errors import UserError
+
+    if rank != 0:
+        return "skipped", 0.0
+    start = time.monotonic()
+    try:
+        init_distributed(ParallelConfig(timeout_s=timeout_s))
+    except UserError as exc:
+        return f"UserError: {exc}", time.monotonic() - start
+    return "no error", time.monotonic() - start
+
+
+def skipped_collective_worker(rank: int, world_size: int, timeout_s: int) -> tuple[str, float]:
+    """All ranks join; rank 1 then skips an all-reduce that rank 0 waits for -> rank 0's error and time."""
+    import time
+
+    import torch.distributed as dist
+
+    from polycom.distributed import ParallelConfig, init_distributed
+
+    init_distributed(ParallelConfig(timeout_s=timeout_s))
+    if rank != 0:
+        time.sleep(timeout_s + 3)  # stay alive: rank 0 must fail by its own timeout, not by our exit
+        return "skipped", 0.0
+    start = time.monotonic()
+    try:
+        dist.all_reduce(torch.ones(1))
+    except RuntimeError as exc:
+        return f"{type(exc).__name__}: {exc}", time.monotonic() - start
+    return "no error", time.monotonic() - start

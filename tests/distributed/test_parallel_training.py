@@ -39,6 +39,8 @@ TWO_RANK = {
     "grads_tp_polyrelu": dict(kind="grads", model=dict(activation="polyrelu"), parallel=dict(tp=2)),
     "grads_tp_swiglu": dict(kind="grads", model=dict(activation="swiglu"), parallel=dict(tp=2)),
     "grads_fsdp_moe": dict(kind="grads", model=dict(moe=dict(num_experts=4, top_k=2)), parallel=dict(fsdp=True)),
+    # MoE layers stay replicated over the TP group; attention is still sharded
+    "grads_tp_moe": dict(kind="grads", model=dict(moe=dict(num_experts=4, top_k=2)), parallel=dict(tp=2)),
     "save": dict(kind="save", parallel=dict(fsdp=True), steps=5, save_at=3),
     "meta_init": dict(kind="meta_init", meta=True, parallel=dict(fsdp=True), steps=2),
     "resume_other_model": dict(

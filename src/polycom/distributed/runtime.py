@@ -75,15 +75,15 @@ def validate_layout(cfg: ParallelConfig, world_size: int) -> None:
         raise UserError(f"parallel.tp must be an integer >= 1, got {cfg.tp!r}")
     if cfg.timeout_s is None or cfg.timeout_s <= 0:
         raise UserError(f"parallel.timeout_s must be > 0 seconds, got {cfg.timeout_s!r}")
-    if world_size % cfg.tp != 0:
-        raise UserError(
-            f"world size {world_size} is not divisible by parallel.tp={cfg.tp}: "
-            f"launch a multiple of {cfg.tp} processes (e.g. torchrun --nproc_per_node {cfg.tp})"
-        )
     if cfg.tp > 1 and world_size == 1:
         raise UserError(
             f"parallel.tp={cfg.tp} needs {cfg.tp} processes, but this is a single process: "
             f"launch with torchrun --nproc_per_node {cfg.tp} ..."
+        )
+    if world_size % cfg.tp != 0:
+        raise UserError(
+            f"world size {world_size} is not divisible by parallel.tp={cfg.tp}: "
+            f"launch a multiple of {cfg.tp} processes (e.g. torchrun --nproc_per_node {cfg.tp})"
         )
 
 
