@@ -94,7 +94,7 @@ def test_eval_of_a_converted_llama_folder_matches_direct_scoring(tmp_path):
     from polycom.data import ByteTokenizer
     from polycom.eval import evaluate
     from polycom.hf import convert, load_converted
-    from polycom.hf.convert import save_converted
+    from polycom.hf.persistence import save_converted
     from polycom.hf.tokenizer import to_hf_tokenizer
 
     cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from polycom.errors import UserError
-    from polycom.hf.convert import convert, load_model_folder, save_converted
+    from polycom.hf.convert import convert
+    from polycom.hf.persistence import load_model_folder, save_converted
 
     out = Path(args.out).expanduser()
     if out.exists() and not args.overwrite:

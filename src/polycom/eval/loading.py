@@ -127,7 +127,7 @@ def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype | None) -> E
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     import polycom.hf  # noqa: F401  (Auto registration of model_type "polycom" and the activation names)
-    from polycom.hf.convert import CONVERSION_KEY, load_converted
+    from polycom.hf.persistence import CONVERSION_KEY, load_converted
 
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise UserError(f"{folder} is not a model: config.json but no weights ({' / '.join(WEIGHT_FILES[:1])})")
