@@ -324,3 +324,42 @@ def test_partials_reduction_matches_fp64_sum(r):
     assert dweight.dtype == torch.bfloat16 and dbias.dtype == torch.float32
     torch.testing.assert_close(dweight.double(), total[:r].flip(0).to(torch.bfloat16).double(), rtol=1e-2, atol=0)
     torch.testing.assert_close(dbias.double(), total[r:], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+def test_order_six(op):
+    check_against_fp64(op, True, *_inputs((3, 50), torch.float32, 6, True))
+
+
+def test_65536_wide_rows_default_looped_path():
+    m, n = 2, 65536
+    assert not config.row_launch(m, n, backward=False, row_bytes=n * 2, num_sms=132).single_tile
+    check_against_fp64("polynorm", True, *_inputs((m, n), torch.bfloat16, 3, True))
+
+
+@pytest.mark.parametrize("op,gated", [("polynorm", False), ("polynorm", True), ("polyrelu", False), ("polyrelu", True)])
+def test_forward_keeps_only_inputs_and_r_floats_per_row(op, gated):
+    """Issue 3 memory rule: autograd saves x (and up), the coefficients and, for PolyNorm, r fp32 values
+    per row; nothing else (no powers, no normalised terms)."""
+    r, shape = 3, (4, 5, 48)
+    x = torch.randn(shape, dtype=torch.bfloat16, requires_grad=True)
+    up = torch.randn(shape, dtype=torch.bfloat16, requires_grad=True) if gated else None
+    w = torch.randn(r, requires_grad=True)
+    b = torch.randn(1, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with polycom.use_backend("triton"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = PUBLIC[(op, gated)](x, up, w, b)
+    extra = [t for t in saved if not any(t is s for s in (x, up, w, b))]
+    rows = x.numel() // shape[-1]
+    if op == "polynorm":
+        assert len(extra) == 1 and extra[0].shape == (rows, r) and extra[0].dtype == torch.float32
+    else:
+        assert extra == []
+    inputs_saved = [t for t in saved if any(t is s for s in (x, up))]
+    assert len(inputs_saved) == (2 if gated else 1)
+    y.sum().backward()
