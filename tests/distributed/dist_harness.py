@@ -35,7 +35,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(fn: Callable, rank: int, world_size: int, port: int, args: tuple, out: mp.Queue) -> None:
+def _worker(
+    fn: Callable, rank: int, world_size: int, port: int, args: tuple, out: mp.Queue, env: dict[str, str]
+) -> None:
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -44,6 +46,7 @@ def _worker(fn: Callable, rank: int, world_size: int, port: int, args: tuple, ou
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
+    os.environ.update(env)
     import torch
 
     torch.set_num_threads(1)
@@ -62,12 +65,19 @@ def _worker(fn: Callable, rank: int, world_size: int, port: int, args: tuple, ou
             dist.destroy_process_group()
 
 
-def run_workers(fn: Callable, world_size: int, *args: Any, timeout_s: float = 60.0) -> list[RankResult]:
-    """Run fn(rank, world_size, *args) on world_size spawned processes; results sorted by rank."""
+def run_workers(
+    fn: Callable, world_size: int, *args: Any, timeout_s: float = 60.0, env: dict[str, str] | None = None
+) -> list[RankResult]:
+    """Run fn(rank, world_size, *args) on world_size spawned processes; results sorted by rank.
+
+    env: extra environment for the workers, e.g. {"WORLD_SIZE": "2"} with one process to play a
+    rank whose peers never arrive."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(fn, r, world_size, port, args, out)) for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_worker, args=(fn, r, world_size, port, args, out, env or {})) for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     results: dict[int, RankResult] = {}

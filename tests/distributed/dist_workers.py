@@ -385,3 +385,72 @@ def skipped_collective_worker(rank: int, world_size: int, timeout_s: int) -> tup
     except RuntimeError as exc:
         return f"{type(exc).__name__}: {exc}", time.monotonic() - start
     return "no error", time.monotonic() - start
+
+
+def tp_polynorm_and_public_api_worker(rank: int, world_size: int, cases: list[dict], seed: int) -> tuple:
+    """Both checks in one process group (process start-up dominates the test time)."""
+    return tp_polynorm_worker(rank, world_size, cases), public_api_worker(rank, world_size, seed)
+
+
+def public_api_worker(rank: int, world_size: int, seed: int) -> dict:
+    """polycom.PolyNorm / PolyNormGated / polycom.poly_norm given Shard(-1) DTensors (what a column-wise
+    linear produces), with plain and with replicated-DTensor coefficients.
+
+    Returns, per variant, the full output and gradients (or the error), and how many all-reduces the
+    tensor-parallel PolyNorm issued (0 when the public op did not dispatch to it)."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    import polycom
+    from polycom.distributed import ParallelConfig, init_distributed
+    from polycom.distributed import tensor_parallel_polynorm as tpn
+
+    ctx = init_distributed(ParallelConfig(tp=world_size, timeout_s=60))
+    mesh = ctx.tp_mesh
+    calls = {"n": 0}
+    original = tpn._all_reduce
+
+    def counting_all_reduce(t, group):
+        calls["n"] += 1
+        return original(t, group)
+
+    tpn._all_reduce = counting_all_reduce
+    c = make_polynorm_case(seed, (3, 4, 8), 3, torch.float64, gated=True)
+    out = {}
+    for variant in ("plain_module", "dtensor_module", "plain_gated_module", "dtensor_gated_module", "functional"):
+        gated = "gated" in variant
+        module = polycom.PolyNormGated(order=3) if gated else polycom.PolyNorm(order=3)
+        with torch.no_grad():
+            module.weight.copy_(c["weight"])
+            module.bias.copy_(c["bias"])
+        if variant.startswith("dtensor"):
+            for name in ("weight", "bias"):
+                param = getattr(module, name)
+                module.register_parameter(name, torch.nn.Parameter(distribute_tensor(param.data, mesh, [Replicate()])))
+        x = distribute_tensor(c["x"], mesh, [Shard(2)]).requires_grad_()
+        up = distribute_tensor(c["up"], mesh, [Shard(2)]).requires_grad_()
+        calls["n"] = 0
+        try:
+            if variant == "functional":
+                y = polycom.poly_norm(x, module.weight, module.bias, 1e-6)
+            else:
+                y = module(x, up) if gated else module(x)
+            y.backward(distribute_tensor(c["grad"], mesh, [Shard(2)]))
+        except Exception as exc:  # reported to the parent, which decides whether it is expected
+            out[variant] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+
+        def full(t):
+            return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+        res = {
+            "type": type(y).__name__,
+            "y": full(y).detach(),
+            "dx": full(x.grad),
+            "dw": full(module.weight.grad),
+            "db": full(module.bias.grad),
+            "all_reduces": calls["n"],
+        }
+        if gated:
+            res["dup"] = full(up.grad)
+        out[variant] = res
+    return out

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from dist_harness import run_workers, values
-from dist_workers import make_polynorm_case, polynorm_formula, tp_polynorm_worker
+from dist_workers import make_polynorm_case, polynorm_formula, tp_polynorm_and_public_api_worker
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 EPS = 1e-6
 
@@ -63,9 +63,13 @@ def _tol(dtype: torch.dtype) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tp_results():
-    results = values(run_workers(tp_polynorm_worker, 2, CASES, timeout_s=90))
-    return results
+def both_results():
+    return values(run_workers(tp_polynorm_and_public_api_worker, 2, CASES, 11, timeout_s=120))
+
+
+@pytest.fixture(scope="module")
+def tp_results(both_results):
+    return [r[0] for r in both_results]
 
 
 @pytest.mark.parametrize("index", range(len(CASES)))
@@ -105,3 +109,44 @@ def test_per_shard_official_variant_differs_from_unsharded(tp_results):
         ref = _reference(spec)["y"]
         per_shard = tp_results[0][index]["per_shard"].double()
         assert (per_shard - ref).abs().max().item() > 1e-2, f"case {index}: per-shard output equals the full op"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the public API (polycom.poly_norm / PolyNorm / PolyNormGated) given DTensors
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def public_results(both_results):
+    return [r[1] for r in both_results]
+
+
+def _public_reference(gated: bool) -> dict:
+    spec = dict(seed=11, shape=(3, 4, 8), order=3, dtype=torch.float64, gated=gated)
+    return _reference(spec)
+
+
+def _check_public(result: dict, gated: bool) -> None:
+    assert "error" not in result, result.get("error")
+    assert result["type"] == "DTensor"
+    ref = _public_reference(gated)
+    for key in ref:
+        tol = _tol(torch.float32) if key in ("dw", "db") else _tol(torch.float64)
+        torch.testing.assert_close(result[key].double(), ref[key], **tol, msg=lambda m, k=key: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("variant", ["dtensor_module", "dtensor_gated_module"])
+def test_polynorm_modules_with_replicated_coefficients_on_sharded_input(public_results, variant):
+    """The layout tensor parallelism gives the MLP activation (see polycom.distributed.parallelize)."""
+    for rank_results in public_results:
+        _check_public(rank_results[variant], gated="gated" in variant)
+
+
+@pytest.mark.parametrize("variant", ["plain_module", "plain_gated_module", "functional", "dtensor_module"])
+def test_public_op_uses_tensor_parallel_polynorm(public_results, variant):
+    """polycom.ops dispatches DTensors to the TP path: plain coefficients work too, and forward and
+    backward cost exactly one all-reduce each."""
+    for rank_results in public_results:
+        result = rank_results[variant]
+        _check_public(result, gated="gated" in variant)
+        assert result["all_reduces"] == 2
