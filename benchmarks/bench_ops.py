@@ -76,6 +76,7 @@ class BenchConfig:
     device: str = "cuda"
     tiling: dict[str, int] = dataclasses.field(default_factory=dict)
     write: bool = True
+    commit: str | None = None
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -125,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         device=args.device,
         tiling=parse_tiling(args.tiling),
         write=not args.no_write,
+        commit=args.commit,
     )
 
 
@@ -161,6 +163,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "spills (cubin resource usage); appends no rows",
     )
     parser.add_argument("--sms", type=int, default=132, help="SM count assumed by --static (H100 SXM: 132)")
+    parser.add_argument(
+        "--commit", help="git commit to record in the rows when the checkout has no .git (default: git rev-parse HEAD)"
+    )
 
 
 # ------------------------------------------------------------------------------------ formulas
@@ -508,19 +513,20 @@ def measure(op, provider, fn, m, n, dtype_name, cfg: BenchConfig, timer: Timer, 
 # ------------------------------------------------------------------------------------ environment, output
 
 
-def environment(device: str, copy_gbps: float) -> dict[str, object]:
+def environment(device: str, copy_gbps: float, commit: str | None = None) -> dict[str, object]:
     def version(module):
         try:
             return __import__(module).__version__
         except Exception:
             return None
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except Exception:
-        commit = ""
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        except Exception:
+            commit = ""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "card": torch.cuda.get_device_name() if device == "cuda" else "cpu (harness smoke test, no speed meaning)",
@@ -802,7 +808,7 @@ def run(cfg: BenchConfig) -> list[dict]:
     timer = Timer(cfg.device, cfg.warmup_ms, cfg.rep_ms)
     biggest = max(m * n * torch.tensor([], dtype=DTYPES[d]).element_size() for m, n in cfg.shapes for d in cfg.dtypes)
     copy_gbps = copy_bandwidth_gbps(timer, biggest, cfg.device)
-    env = environment(cfg.device, copy_gbps)
+    env = environment(cfg.device, copy_gbps, cfg.commit)
     print(f"{env['card']}: copy bandwidth {copy_gbps:.0f} GB/s ({biggest / 2**20:.0f} MiB buffers)", flush=True)
     rows: list[dict] = []
     started = time.perf_counter()

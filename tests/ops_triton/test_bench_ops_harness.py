@@ -49,12 +49,14 @@ def test_quantiles_and_traffic_model():
 def test_cpu_smoke_run_appends_rows_and_summarizes(tmp_path, capsys):
     argv = ["bench", "ops", "--device", "cpu", "--shapes", "6x40", "--dtypes", "fp32", "bf16"]
     argv += ["--ops", "polynorm_gated", "relu2", "--providers", "polycom", "eager", "ckpt", "--out", str(tmp_path)]
+    argv += ["--commit", "0123abcd"]
     assert polycom_main(argv) == 0
     rows = [json.loads(line) for line in (tmp_path / "ops.jsonl").read_text().splitlines()]
     # polynorm_gated x 3 providers + relu2 x eager, x 2 dtypes, x 3 modes
     assert len(rows) == (3 + 1) * 2 * 3
     for r in rows:
         assert r["check"] == "ok", r
+        assert r["git_commit"] == "0123abcd"
         assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         for key in ("card", "torch", "triton", "git_commit", "date", "copy_GBps", "frac_copy", "GBps"):
             assert r[key] not in (None, ""), key
