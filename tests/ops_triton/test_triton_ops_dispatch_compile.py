@@ -90,6 +90,17 @@ def test_compiled_mlp_full_graph_goes_through_custom_op(activation, op_name):
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-4, msg=name)
 
 
+def test_compiled_full_graph_with_env_var_backend(monkeypatch):
+    """POLYCOM_BACKEND=triton (the environment variable, read at trace time) selects the custom op too."""
+    torch._dynamo.reset()
+    monkeypatch.setenv("POLYCOM_BACKEND", "triton")
+    mlp = polycom.MLP(16, "polyrelu_glu", hidden_size=32)
+    seen: list[str] = []
+    out = torch.compile(mlp, fullgraph=True, backend=_graph_ops_backend(seen))(torch.randn(3, 16))
+    out.sum().backward()
+    assert any("polycom.poly_relu_fwd" in target for target in seen), seen
+
+
 @pytest.mark.slow
 def test_inductor_compiled_mlp_runs_kernels_forward_and_backward():
     """Default (Inductor) backend, fullgraph: the op is an opaque extern call running the kernels."""
