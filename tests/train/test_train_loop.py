@@ -155,3 +155,15 @@ def test_no_weight_decay_on_vectors_and_polycom_coefficients():
         expect = p.ndim >= 2 and ".act." not in name
         assert (id(p) in decayed) == expect, name
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_moe_run_logs_expert_load(tmp_path, data_dir):
+    cfg = load_config(
+        preset="moe-tiny",
+        overrides=[*SMALL, f'--data.path="{data_dir}"', "--train.steps=4", "--model.activation=polynorm"],
+    )
+    result = train(cfg, tmp_path / "moe")
+    last = [r for r in read_metrics(tmp_path / "moe" / "metrics.jsonl") if "loss" in r][-1]
+    # every token of the last micro-batch (4 x 32) goes to exactly top_k = 2 experts
+    assert [sum(layer) for layer in last["tokens_per_expert"]] == [4 * 32 * 2]
+    assert last["aux_loss"] > 0 and result.final_val_loss < result.initial_val_loss

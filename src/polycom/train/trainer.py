@@ -421,6 +421,9 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
                     }
                     if peak_flops:
                         record["mfu"] = flops_per_token * tps / (peak_flops * ctx.world_size)
+                    if out.tokens_per_expert is not None:  # MoE: routing load of the last micro-batch
+                        record["tokens_per_expert"] = [t.detach().cpu().tolist() for t in out.tokens_per_expert]
+                        record["aux_loss"] = float(out.aux_loss.detach())
                     if do_eval:
                         last_val = evaluate()
                         record["val_loss"] = last_val
