@@ -13,6 +13,8 @@ This module imports lm-eval (slow, ~1.5 s); import it only when evaluating.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -31,6 +33,16 @@ def _batch_size(value) -> int:
     if size < 1:
         raise ValueError(f"batch_size must be >= 1, got {value}")
     return size
+
+
+def _usable_device(device: str | None) -> str:
+    # lm-eval's CLI asks for "cuda" by default; on a machine without CUDA use the CPU (as HFLM does)
+    if not device:
+        return "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(f"device {device!r} requested but CUDA is not available; evaluating on the CPU", stacklevel=3)
+        return "cpu"
+    return str(device)
 
 
 @register_model("polycom")
@@ -54,7 +66,7 @@ class PolyComEvalLM(TemplateLM):
         else:
             torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else None
             self.em = load_eval_model(
-                pretrained, device=device or "cpu", dtype=torch_dtype, step=None if step is None else int(step)
+                pretrained, device=_usable_device(device), dtype=torch_dtype, step=None if step is None else int(step)
             )
         if max_length is not None:
             self.em.max_length = min(int(max_length), self.em.max_length)
@@ -133,3 +145,12 @@ class PolyComEvalLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", (context, request.args[1]), text)
             out.append(text)
         return out
+
+
+if __name__ == "__main__":
+    # lm-eval's own CLI with the "polycom" model registered, e.g.
+    #   python -m polycom.eval.lm_eval_adapter run --model polycom --model_args pretrained=runs/tiny \
+    #       --tasks polycom_tiny_mc --include_path src/polycom/eval/tasks
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
