@@ -118,3 +118,12 @@ def test_adapter_rolling_loglikelihood_and_greedy_generation(run_and_model):
     (generated,) = lm.generate_until([_Request(prompt, {"until": ["\x00never"], "max_gen_toks": 6})])
     expected = model.generate(torch.tensor([list(prompt.encode())]), 6, temperature=0)[0, len(prompt) :].tolist()
     assert generated == bytes(expected).decode("utf-8", errors="replace")
+
+
+def test_cuda_request_without_cuda_falls_back_to_cpu(monkeypatch):
+    from polycom.eval.lm_eval_adapter import _usable_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        assert _usable_device("cuda") == "cpu"
+    assert _usable_device(None) == "cpu" and _usable_device("cpu") == "cpu"
