@@ -452,13 +452,18 @@ def _memory(fn, inputs, w, b, dy, device) -> dict[str, float | None]:
 
 
 def _make_inputs(op, m, n, dtype, order, device, seed=0):
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    """Random inputs generated on the device itself (CPU generation of 10^8 values would dominate the run)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     k = 2 if op in GATED_OPS else 1
-    inputs = [torch.randn(m, n, generator=gen).to(device=device, dtype=dtype).requires_grad_(True) for _ in range(k)]
-    dy = torch.randn(m, n, generator=gen).to(device=device, dtype=dtype)
-    w = (torch.full((order,), 1.0 / order) + 0.1 * torch.randn(order, generator=gen)).to(device).requires_grad_(True)
-    b = torch.full((1,), 0.05, device=device).requires_grad_(True)
-    return inputs, w, b, dy
+
+    def randn():
+        return torch.randn(m, n, generator=gen, device=device).to(dtype)
+
+    inputs = [randn().requires_grad_(True) for _ in range(k)]
+    dy = randn()
+    w = torch.full((order,), 1.0 / order, device=device) + 0.1 * torch.randn(order, generator=gen, device=device)
+    b = torch.full((1,), 0.05, device=device)
+    return inputs, w.requires_grad_(True), b.requires_grad_(True), dy
 
 
 def _time_backward(timer: Timer, fn, inputs, w, b, dy, clear_grads) -> dict[str, float]:
