@@ -29,6 +29,7 @@ TWO_RANK = {
     "ddp_polynorm": dict(kind="train", model=dict(activation="polynorm"), parallel=dict(ddp=True), steps=4),
     "fsdp_ac_polynorm_glu": dict(kind="train", parallel=dict(fsdp=True, activation_checkpointing=True), steps=4),
     "tp_polynorm_glu": dict(kind="train", parallel=dict(tp=2), steps=4),
+    "fsdp_tp_one_dp_group": dict(kind="train", parallel=dict(fsdp=True, tp=2), steps=3),
     "tp_polyrelu_gqa": dict(
         kind="train", model=dict(activation="polyrelu", n_kv_heads=2), parallel=dict(tp=2), steps=3
     ),
@@ -59,6 +60,7 @@ FOUR_RANK = {
     "tp4": dict(kind="train", parallel=dict(tp=4), steps=3),
     "grads_fsdp_x_tp": dict(kind="grads", model=dict(activation="polyrelu_glu"), parallel=dict(fsdp=True, tp=2)),
     "resume_fsdp_x_tp": dict(kind="resume", parallel=dict(fsdp=True, tp=2), steps=5),
+    "meta_init_fsdp_x_tp": dict(kind="meta_init", meta=True, parallel=dict(fsdp=True, tp=2), steps=2),
 }
 
 
@@ -90,9 +92,7 @@ def four_rank(two_rank, ckpt_path):  # needs the checkpoint that two_rank saved
     return [dict(zip(FOUR_RANK, r)) for r in results]
 
 
-@pytest.mark.parametrize(
-    "name", ["ddp_polynorm", "fsdp_ac_polynorm_glu", "tp_polynorm_glu", "tp_polyrelu_gqa", "fsdp_moe"]
-)
+@pytest.mark.parametrize("name", [n for n, task in TWO_RANK.items() if task["kind"] == "train"])
 def test_two_process_runs_match_one_process(two_rank, name):
     task = TWO_RANK[name]
     dp_size = 2 // task["parallel"].get("tp", 1)
@@ -122,7 +122,7 @@ def test_fsdp_x_tp_gradients_match_one_process(four_rank):
     _check_grads(four_rank, "grads_fsdp_x_tp", FOUR_RANK["grads_fsdp_x_tp"], 4)
 
 
-@pytest.mark.parametrize("name", ["fsdp_x_tp", "tp4"])
+@pytest.mark.parametrize("name", [n for n, task in FOUR_RANK.items() if task["kind"] == "train"])
 def test_four_process_runs_match_one_process(four_rank, name):
     task = FOUR_RANK[name]
     want = reference_losses(task.get("model", {}), task["steps"], 4 // task["parallel"]["tp"])
@@ -162,14 +162,19 @@ def test_export_safetensors_equals_the_loaded_model(two_rank, ckpt_path, tmp_pat
     fresh.load_state_dict(exported, strict=True)
 
 
-def test_meta_init_shards_are_independent_and_replicas_agree(two_rank):
-    a, b = two_rank[0]["meta_init"], two_rank[1]["meta_init"]
-    for r in (a, b):
+def test_meta_init_shards_are_independent_and_replicas_agree(two_rank, four_rank):
+    _check_meta_init([r["meta_init"] for r in two_rank])
+    _check_meta_init([r["meta_init_fsdp_x_tp"] for r in four_rank])
+
+
+def _check_meta_init(per_rank: list[dict]) -> None:
+    a = per_rank[0]
+    for r in per_rank:
         assert not r["halves_equal"], "the two FSDP shards of a weight got the same random draws"
         assert 0.015 < r["full_std"] < 0.025  # init_std 0.02
         assert r["losses"][-1] < r["losses"][0] + 0.5 and all(torch.isfinite(torch.tensor(r["losses"])))
         torch.testing.assert_close(r["norm_weight"], torch.ones(32))
-    assert a["full_std"] == b["full_std"] and a["losses"] == b["losses"]
+        assert r["full_std"] == a["full_std"] and r["losses"] == a["losses"], "ranks disagree on the full weights"
 
 
 @pytest.mark.parametrize(
