@@ -119,6 +119,7 @@ def test_corrupt_checkpoint_refused_nothing_overwritten(trained_run, capsys):
         ckpt.write_bytes(original)
 
 
+@pytest.mark.slow
 def test_finished_comparison_refused(prepared, tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["compare", "--activations", "relu,gelu", "--steps", "2", "--data", str(prepared / "data")]

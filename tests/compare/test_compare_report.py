@@ -40,6 +40,7 @@ def finished(tmp_path_factory, text_file):
     return out, cfg, results
 
 
+@pytest.mark.slow  # trains 4 tiny models and imports scipy/matplotlib: ~10-20 s
 def test_compare_writes_report_plot_and_runs(finished):
     out, _, results = finished
     for name in ("results.json", "report.md", "loss.png", "compare.json", "data/meta.json"):

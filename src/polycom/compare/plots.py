@@ -45,14 +45,27 @@ def plot_losses(results: dict[str, Any], path: str | Path) -> None:
         ax.set_ylabel("loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
-    # Zoom the y-axis on the interesting part: the first points (ln V at init) dwarf the differences.
+    # Zoom the y-axis on the later part of training: the first points (~ln V at init) would squash
+    # the differences between activations into a few pixels.
     for ax in axes:
-        lines = [line.get_ydata() for line in ax.get_lines()]
-        if lines:
-            tail = np.concatenate([np.asarray(y)[len(y) // 5 :] for y in lines if len(y)])
-            if tail.size:
-                lo, hi = float(tail.min()), float(tail.max())
-                ax.set_ylim(lo - 0.05 * (hi - lo + 1e-3), hi + 0.6 * (hi - lo + 1e-3))
+        xs = [np.asarray(line.get_xdata(), dtype=float) for line in ax.get_lines()]
+        ys = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()]
+        if not ys or not any(len(x) for x in xs):
+            continue
+        start = 0.2 * max(float(x.max()) for x in xs if len(x))
+        if min(int((x >= start).sum()) for x in xs) < 4:
+            continue  # too few points to zoom on: show everything
+        tail = np.concatenate([y[x >= start] for x, y in zip(xs, ys)])
+        everything = np.concatenate(ys)
+        if tail.size:
+            lo, hi = float(tail.min()), float(tail.max())
+            pad = max(hi - lo, 1e-3)
+            top = min(float(everything.max()) + 0.02 * pad, hi + 0.5 * pad)
+            ax.set_ylim(lo - 0.1 * pad, top)
+            if float(everything.max()) > top:
+                ax.set_title(
+                    ax.get_title() + f"\n(y zoomed; early losses up to {float(everything.max()):.2f} off scale)"
+                )
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=120)
