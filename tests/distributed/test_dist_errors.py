@@ -130,3 +130,22 @@ def test_single_process_save_load_roundtrip_and_optimizer_mismatch(tmp_path):
     save_checkpoint(tmp_path / "ck", other, opt, {"step": 8}, DistContext())
     assert load_checkpoint(tmp_path / "ck", model, torch.optim.AdamW(model.parameters()), DistContext()) == {"step": 8}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_export_command_line(tmp_path, capsys):
+    from safetensors import safe_open
+
+    from polycom.distributed.checkpoint import main, save_checkpoint
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing"), str(tmp_path / "out.safetensors")])
+    assert exit_info.value.code == 2
+    assert "checkpoint folder" in capsys.readouterr().err
+    model = build_model(tiny_config(tie_embeddings=True))
+    save_checkpoint(tmp_path / "ck", model, None, {}, DistContext())
+    assert main([str(tmp_path / "ck"), str(tmp_path / "out.safetensors")]) == 0
+    with safe_open(str(tmp_path / "out.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(model.state_dict())
+        assert "lm_head.weight" not in set(f.keys())
+        assert '"tie_embeddings": true' in f.metadata()["polycom_config"]
+        torch.testing.assert_close(f.get_tensor("embed.weight"), model.embed.weight.detach(), rtol=0, atol=0)
