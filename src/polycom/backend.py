@@ -15,7 +15,6 @@ The variable is read at every call (cheap) so tests and users can switch it at r
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -37,10 +36,13 @@ def requested_backend() -> str:
     return value
 
 
-@functools.cache
+# Looked up once at import (no import of triton itself): a plain constant keeps torch.compile quiet.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    """True when the `triton` package can be imported (no import is done here)."""
-    return importlib.util.find_spec("triton") is not None
+    """True when the `triton` package is installed."""
+    return _TRITON_INSTALLED
 
 
 def triton_interpreter_enabled() -> bool:
