@@ -129,3 +129,30 @@ def test_report_files(tmp_path, ids):
     assert paths["erank_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = paths["markdown"].read_text()
     assert "| swiglu | swiglu | 3 |" in md and "PolyCom coefficients" in md
+
+
+def test_transformers_llama_model(ids):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    res = analyze_model(model, ids)
+    assert res["n_layers"] == 3
+    assert set(res["effective_rank"][0]["weights"]) == {"gate_proj", "up_proj", "down_proj"}
+    # gated MLP: the recorded activation output is the input of down_proj, tokens x intermediate_size values
+    assert res["activations"][0]["count"] == ids.numel() * 128
+    # hidden states agree with transformers' own output_hidden_states (first L entries: block inputs)
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+    direct = [
+        torch.nn.functional.cosine_similarity(hs[i].double(), hs[i + 1].double(), dim=-1).mean().item()
+        for i in range(2)
+    ]
+    assert res["similarity"]["adjacent"][:2] == pytest.approx(direct, abs=1e-6)

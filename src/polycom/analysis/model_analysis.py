@@ -229,18 +229,20 @@ def polycom_coefficients(mlps: list[MLPBlock]) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 
 
+def _unit_rows(states: list[torch.Tensor]) -> torch.Tensor:
+    flat = [t.reshape(-1, t.shape[-1]).to(torch.float64) for t in states]
+    return torch.stack([f / f.norm(dim=-1, keepdim=True).clamp_min(1e-30) for f in flat])  # (n, N, d)
+
+
 def cosine_similarity_matrix(states: list[torch.Tensor]) -> torch.Tensor:
     """S[l, m] = mean over tokens of cos(states[l][t], states[m][t]); states each (..., d) -> (n, n) fp64."""
     if not states:
         raise ValueError("need at least one hidden state")
-    flat = [s.reshape(-1, s.shape[-1]).to(torch.float64) for s in states]
-    n_tok = flat[0].shape[0]
-    if any(f.shape != flat[0].shape for f in flat):
+    if any(s.shape != states[0].shape for s in states):
         raise ValueError("all hidden states must have the same shape")
-    unit = [f / f.norm(dim=-1, keepdim=True).clamp_min(1e-30) for f in flat]
-    stack = torch.stack(unit)  # (n, N, d)
+    unit = _unit_rows(states)  # (n, N, d) unit vectors
     # sum over tokens of <u_l[t], u_m[t]>, divided by N
-    return torch.einsum("ltd,mtd->lm", stack, stack) / n_tok
+    return torch.einsum("ltd,mtd->lm", unit, unit) / unit.shape[1]
 
 
 class _Recorder:
@@ -387,27 +389,31 @@ def _call_model(model: nn.Module, input_ids: torch.Tensor) -> None:
 
 @torch.no_grad()
 def _forward_with_hooks(model: nn.Module, input_ids: torch.Tensor, mlps: list[MLPBlock], hist_bins: int = 120) -> dict:
+    """Run the model a few sequences at a time; accumulate the similarity sums per chunk (bounded memory)."""
     _, blocks = find_block_list(model)
     rec = _Recorder(blocks, mlps)
     was_training = model.training
     model.eval()
+    n_states = len(blocks) + 1
+    cos_sum = torch.zeros(n_states, n_states, dtype=torch.float64)
+    n_tokens = 0
     try:
-        for row in input_ids.split(4):  # a few sequences at a time bounds memory
+        for row in input_ids.split(4):
             _call_model(model, row)
+            if any(len(s) != 1 for s in rec.states):
+                raise UserError("could not capture the hidden states of every block (unexpected block call signature)")
+            unit = _unit_rows([s[0] for s in rec.states])
+            cos_sum += torch.einsum("ltd,mtd->lm", unit, unit)
+            n_tokens += unit.shape[1]
+            for s in rec.states:
+                s.clear()
     finally:
         rec.remove()
         model.train(was_training)
-    if any(not s for s in rec.states):
-        raise UserError("could not capture the hidden states of every block (unexpected block call signature)")
-    states = [torch.cat(s) for s in rec.states]
-    sim = cosine_similarity_matrix(states)
-    adjacent = [float(sim[i - 1, i]) for i in range(1, sim.shape[0])]
+    sim = cos_sum / n_tokens
+    adjacent = [float(sim[i - 1, i]) for i in range(1, n_states)]
     return {
-        "similarity": {
-            "matrix": sim.tolist(),
-            "adjacent": adjacent,
-            "tokens": int(states[0].shape[0] * states[0].shape[1]) if states[0].dim() == 3 else int(states[0].shape[0]),
-        },
+        "similarity": {"matrix": sim.tolist(), "adjacent": adjacent, "tokens": n_tokens},
         "activations": activation_statistics(rec, hist_bins),
     }
 

@@ -136,17 +136,13 @@ def plot_represent(result: dict, path: str | Path) -> Path:
                 lw=0.9,
                 label=f"linear fit: {fit['slope']:.1f} params per bit (R^2 {fit['r2']:.3f})",
             )
-        ax_size.plot(
-            ln,
-            [n["polyrelu_params"] for n in need],
-            "s-",
-            color=color,
-            alpha=0.6,
-            label=f"PolyReLU params for {fname} (exact, eps = 0)",
-        )
+        poly_ln, poly_params = ln, [n["polyrelu_params"] for n in need]
+    if result["relu_constructions"]:
+        names = " and ".join(result["relu_constructions"])
+        ax_size.plot(poly_ln, poly_params, "s-", color="black", label=f"PolyReLU params for {names} (exact: eps = 0)")
     ax_err.set_xlabel("ReLU network parameters (nonzero weights + biases)")
     ax_err.set_ylabel("sup error on [0, 1]")
-    ax_err.set_title("Yarotsky sawtooth ReLU constructions: error halves in log scale per layer")
+    ax_err.set_title("Yarotsky sawtooth ReLU nets: error / 4 per sawtooth level")
     ax_err.grid(True, which="both", alpha=0.3)
     ax_err.legend(fontsize=8)
     ax_size.set_xlabel("log2(1 / eps)")
@@ -191,6 +187,14 @@ def plot_model_erank(report: dict, path: str | Path) -> Path:
                 lo = [layer["weights"][key]["erank_min"] for layer in rows]
                 hi = [layer["weights"][key]["erank_max"] for layer in rows]
                 ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.15)
+        full = max(
+            min(layer["weights"][key]["shape"][-2:])
+            for r in runs
+            for layer in r["effective_rank"]
+            if key in layer["weights"]
+        )
+        ax.axhline(full, color="gray", ls=":", lw=1.0, label=f"full rank min(out, in) = {full}")
+        ax.set_ylim(0, full * 1.08)
         ax.set_title(f"{key}.weight")
         ax.set_xlabel("layer")
         ax.set_ylabel("effective rank exp(H(s / sum s))")
@@ -290,6 +294,10 @@ def plot_model_activations(report: dict, path: str | Path) -> Path:
             total = counts.sum()
             if total <= 0:
                 continue
+            # Standardised axis (value / std, zero kept at zero) so that runs of very different scales
+            # can be compared by shape; each run's std is in the legend.
+            scale = stats["std"] if stats["std"] > 0 else 1.0
+            edges = edges / scale
             density = counts / (total * np.diff(edges))
             centers = 0.5 * (edges[1:] + edges[:-1])
             style = _run_style(run, i)
@@ -298,15 +306,11 @@ def plot_model_activations(report: dict, path: str | Path) -> Path:
                 np.where(density > 0, density, np.nan),
                 where="mid",
                 color=style["color"],
-                label=f"{run['label']} (std {stats['std']:.2f}, kurt {stats['kurtosis']:.1f})",
+                label=f"{run['label']} (std {stats['std']:.3g}, kurt {stats['kurtosis']:.1f})",
             )
-        stds = [r["activations"][pick]["std"] for r in runs if pick < len(r["activations"])]
-        positive = [s for s in stds if s > 0]
-        if positive and max(positive) > 5 * min(positive):  # very different scales: linear near 0, log beyond
-            ax.set_xscale("symlog", linthresh=min(positive))
         ax.set_yscale("log")
         ax.set_title(f"MLP of layer {pick}")
-        ax.set_xlabel("activation output (0.05%-99.95% quantile range)")
+        ax.set_xlabel("activation output / its std (0.05%-99.95% quantile range)")
         ax.set_ylabel("density")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

@@ -6,8 +6,8 @@ checkpoint), and a Hugging Face folder when it has ``config.json`` with a ``mode
 `polycom.hf.convert.load_model_folder` after ``import polycom.hf`` registers the PolyCom classes).
 
 Validation tokens, first match wins: ``--data DIR`` (a prepared data folder: its ``val`` split);
-``--text FILE`` (encoded with the model's tokenizer); the run's own prepared data folder (from its
-config, when it still exists: its ``val`` split); the embedded Shakespeare corpus, last 5% of the
+``--text FILE`` (encoded with the model's tokenizer); the run's own prepared data folder (``data.folder``
+of its run.json, or ``data.path`` of its config.json, when it still exists: its ``val`` split); the embedded Shakespeare corpus, last 5% of the
 text (may overlap a run's training data; the report says which source was used).
 """
 
@@ -58,6 +58,14 @@ def load_analysis_model(path: str | Path, label: str | None = None, device: str 
         if cfg_path.is_file():
             config = json.loads(cfg_path.read_text())
         config.setdefault("model", model_config.to_dict())
+        header_path = folder / "run.json"
+        if header_path.is_file():  # the trainer records the resolved data folder there
+            try:
+                header_data = json.loads(header_path.read_text()).get("data")
+            except json.JSONDecodeError:
+                header_data = None
+            if isinstance(header_data, dict):
+                config["resolved_data"] = header_data
         return LoadedModel(label, "run", str(folder), model.eval(), tokenizer, config)
     cfg_path = folder / "config.json"
     if cfg_path.is_file():
@@ -87,11 +95,15 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def _run_data_folder(loaded: LoadedModel) -> Path | None:
-    data = loaded.config.get("data") if isinstance(loaded.config, dict) else None
-    if not isinstance(data, dict):
-        return None
-    for key in ("resolved_path", "path"):
-        value = data.get(key)
+    """The run's prepared data folder: run.json data.folder, else config.json data.path (if it still exists)."""
+    candidates = []
+    resolved = loaded.config.get("resolved_data")
+    if isinstance(resolved, dict):
+        candidates.append(resolved.get("folder"))
+    data = loaded.config.get("data")
+    if isinstance(data, dict):
+        candidates.append(data.get("path"))
+    for value in candidates:
         if value and (Path(value) / "meta.json").is_file():
             return Path(value)
     return None
