@@ -39,6 +39,8 @@ def test_export_cli_round_trip_byte_tokenizer(tmp_path, tied):
     hf = tmp_path / "hf"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in hf.iterdir()}
     assert json.loads((hf / "config.json").read_text())["polycom_source"]["checkpoint"] == "step_00000003.pt"
+    card = (hf / "README.md").read_text()
+    assert "import polycom.hf" in card and "step_00000003.pt" in card and "polynorm" in card
 
     model = AutoModelForCausalLM.from_pretrained(hf).eval()
     tok = AutoTokenizer.from_pretrained(hf)

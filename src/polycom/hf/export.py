@@ -140,6 +140,7 @@ def export_model(
         hf.save_pretrained(str(tmp), safe_serialization=True)
         if hf_tok is not None:
             hf_tok.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(model_card(hf.config, source), encoding="utf-8")
         if verify:
             verify_export(tmp, model)
         if out.exists():
@@ -153,6 +154,25 @@ def export_model(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def model_card(config, source: dict[str, Any] | None) -> str:
+    """A short README.md for the exported folder: what the model is and how to load it."""
+    kind = f"MoE, {config.num_experts} experts, top-{config.num_experts_per_tok}" if config.is_moe else "dense"
+    params = (
+        f"d_model {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads "
+        f"({config.num_key_value_heads} KV), MLP width {config.moe_intermediate_size if config.is_moe else config.intermediate_size}, "
+        f"vocab {config.vocab_size}, context {config.max_position_embeddings}"
+    )
+    origin = f"Exported by `polycom export` from `{source['run']}` ({source['checkpoint']}).\n\n" if source else ""
+    return (
+        "---\nlibrary_name: transformers\ntags:\n- polycom\n- " + config.activation + "\n---\n\n"
+        f"# PolyCom decoder ({config.activation}, {kind})\n\n{origin}{params}.\n\n"
+        "PolyCom activations: Zhuo et al., Polynomial Composition Activations, ICLR 2025 (arXiv 2411.03884).\n\n"
+        "```python\nimport polycom.hf  # registers model_type 'polycom' with the Auto classes\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "model = AutoModelForCausalLM.from_pretrained(PATH)\ntokenizer = AutoTokenizer.from_pretrained(PATH)\n```\n"
+    )
 
 
 def export_run(
