@@ -114,3 +114,19 @@ def test_from_config_init_matches_harness_rules():
 def test_unknown_activation_is_rejected():
     with pytest.raises(ValueError, match="unknown activation 'polynrm'"):
         PolyComConfig(activation="polynrm")
+
+
+@pytest.mark.parametrize("name", ["polynorm-plain-gqa", "moe-polynorm"])
+def test_gradient_checkpointing_gives_the_same_gradients(name):
+    _, hf = _pair(name)
+    ids = torch.randint(0, 64, (2, 10))
+    hf.train()
+    hf(ids, labels=ids).loss.backward()
+    expected = {n: p.grad.clone() for n, p in hf.named_parameters() if p.grad is not None}
+    hf.zero_grad()
+    hf.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in hf.model.layers)
+    hf(ids, labels=ids, use_cache=False).loss.backward()
+    for n, p in hf.named_parameters():
+        if n in expected:
+            torch.testing.assert_close(p.grad, expected[n], rtol=1e-5, atol=1e-7)

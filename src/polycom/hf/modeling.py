@@ -26,6 +26,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, MoeCausalLMOutputWithPast
 
 from polycom.hf.configuration import PolyComConfig
@@ -104,8 +105,12 @@ class PolyComAttention(nn.Module):
         return self.o_proj(out)
 
 
-class PolyComDecoderLayer(nn.Module):
-    """Pre-norm block; names as the harness `Block` (attn_norm, attn, mlp_norm, mlp)."""
+class PolyComDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block; names as the harness `Block` (attn_norm, attn, mlp_norm, mlp).
+
+    A `GradientCheckpointingLayer`: ``model.gradient_checkpointing_enable()`` recomputes each block
+    in the backward pass (the KV cache is dropped while training with checkpointing).
+    """
 
     def __init__(self, config: PolyComConfig, layer_idx: int) -> None:
         super().__init__()
@@ -124,7 +129,7 @@ class PolyComDecoderLayer(nn.Module):
             )
             self.mlp.down_proj._polycom_output_proj = True
 
-    def forward(self, x, cos, sin, mask, cache):
+    def forward(self, x, cos, sin, mask=None, cache=None):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
         out = self.mlp(self.mlp_norm(x))
         stats = None
@@ -137,7 +142,7 @@ class PolyComPreTrainedModel(PreTrainedModel):
     config_class = PolyComConfig
     config: PolyComConfig
     base_model_prefix = "model"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["PolyComDecoderLayer"]
     _supports_sdpa = True
 
@@ -206,7 +211,7 @@ class PolyComModel(PolyComPreTrainedModel):
 
         aux_stats = []
         for layer in self.layers:
-            x, stats = layer(x, cos, sin, mask, cache)
+            x, stats = layer(x, cos, sin, mask=mask, cache=cache)
             if stats is not None:
                 aux_stats.append(stats)
         x = self.norm(x)
