@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from hf_tiny_models import VOCAB, one_torch_thread_hf, polynorm_ref, polyrelu_ref  # noqa: F401
 
@@ -77,7 +76,6 @@ def test_gpt2_activation_function_polyrelu_is_plain_form():
 
 
 def test_trainer_one_step_updates_polynorm_coefficients(tmp_path):
-    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (polycom[hf] extra)")
     from transformers import Trainer, TrainingArguments
 
     model = _tiny_llama("polynorm")
