@@ -80,16 +80,15 @@ def test_slope_fit_exact_power_law_and_interval():
         fit_loglog_slope([1, 2, 3], [1, 0, 1])
 
 
-@pytest.mark.slow
 def test_tiny_approx_run_error_decreases_with_width(tmp_path):
     cfg = ApproxConfig(
         targets=["sin1d"],
         activations=ACTIVATIONS,
         widths=[2, 12],
         seeds=1,
-        adam_steps=300,
-        lbfgs_steps=60,
-        n_train=256,
+        adam_steps=200,
+        lbfgs_steps=40,
+        n_train=128,
         n_test=512,
     )
     result = run_approx(cfg, progress=False)

@@ -53,7 +53,7 @@ class ApproxConfig:
 
     targets: list[str] = field(default_factory=lambda: ["sin1d", "abspow1d", "sinpoly2d"])
     activations: list[str] = field(default_factory=lambda: list(FC_ACTIVATIONS))
-    widths: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
+    widths: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32, 48])
     depths: list[int] = field(default_factory=lambda: [2])
     seeds: int = 2
     order: int = 3
@@ -238,6 +238,18 @@ def _fit_task(task: tuple) -> FitResult:
 def _worker_init() -> None:
     # Tiny matmuls: one thread per process beats intra-op threading (and does not oversubscribe).
     torch.set_num_threads(1)
+    # Exit when the parent dies (killed, SIGTERM): a pool worker would otherwise keep fitting forever.
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def run_approx(cfg: ApproxConfig, progress: bool = True, jobs: int = 1) -> dict:

@@ -416,7 +416,7 @@ DEFAULT_SHAPES: list[tuple[int, list[int], int]] = [
 
 
 def run_represent(
-    max_level: int = 12, shapes: list[tuple[int, list[int], int]] | None = None, n_inputs: int = 4096, seed: int = 0
+    max_level: int = 14, shapes: list[tuple[int, list[int], int]] | None = None, n_inputs: int = 4096, seed: int = 0
 ) -> dict:
     """Representation checks on random nets of several shapes + the x^2 / x^3 ReLU size curves."""
     gen = torch.Generator().manual_seed(seed)
@@ -447,7 +447,8 @@ def represent_markdown(result: dict) -> str:
         "## ReLU / ReLU^2 nets as PolyReLU nets (same depth and width)",
         "",
         "PolyReLU weight [0, 0, 1] = ReLU, [0, 1, 0] = ReLU^2; linear layers copied. Outputs compared on "
-        "random inputs in [-r, r]^d.",
+        f"random inputs in [-{result['representation_checks'][0]['input_range']:g}, "
+        f"{result['representation_checks'][0]['input_range']:g}]^d (fp32, CPU).",
         "",
         "| source | in | widths | out | inputs | max abs diff | bitwise equal | source params | PolyReLU params (linear + 4/layer) |",
         "|---|---|---|---|---|---|---|---|---|",

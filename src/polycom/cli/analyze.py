@@ -84,7 +84,7 @@ def register(subparsers) -> None:
         "represent",
         help="ReLU / ReLU^2 nets as PolyReLU nets (exact), and the ReLU size needed for x^2, x^3 vs eps",
     )
-    rp.add_argument("--max-level", type=int, default=12, help="deepest sawtooth level m (default: %(default)s)")
+    rp.add_argument("--max-level", type=int, default=14, help="deepest sawtooth level m (default: %(default)s)")
     rp.add_argument("--inputs", type=_positive_int, default=4096, help="random inputs per check (default: %(default)s)")
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--out", default="reports/represent", help="output folder (default: %(default)s)")
