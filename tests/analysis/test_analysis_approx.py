@@ -93,6 +93,8 @@ def test_tiny_approx_run_error_decreases_with_width(tmp_path):
     )
     result = run_approx(cfg, progress=False)
     assert len(result["fits"]) == 10
+    sizes_all = [f["params"] for f in result["fits"]]
+    assert result["summary"]["sin1d"]["param_decades"] == pytest.approx(math.log10(max(sizes_all) / min(sizes_all)))
     for act in ACTIVATIONS:
         sizes = result["summary"]["sin1d"]["activations"][act]["sizes"]
         assert [s["width"] for s in sizes] == [2, 12]

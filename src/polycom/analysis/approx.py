@@ -341,7 +341,9 @@ def summarize_approx(fits: list[dict], cfg: ApproxConfig) -> dict:
                 entry["slope_l2"] = fit_loglog_slope(xs, [max(r["l2_best"], 1e-300) for r in table]).to_dict()
                 entry["slope_sup"] = fit_loglog_slope(xs, [max(r["sup_best"], 1e-300) for r in table]).to_dict()
             per_act[activation] = entry
+        all_sizes = [r["params"] for a in per_act.values() for r in a["sizes"]]
         summary[target.name] = {
+            "param_decades": math.log10(max(all_sizes) / min(all_sizes)) if all_sizes else 0.0,
             "dim": target.dim,
             "smoothness": None if math.isinf(target.smoothness) else target.smoothness,
             "description": target.description,
@@ -379,6 +381,8 @@ def approx_markdown(result: dict) -> str:
         theory = "faster than any power (analytic)" if entry["theory_slope"] is None else f"{entry['theory_slope']:.2f}"
         lines += [
             f"## {name}: {entry['description']} (d = {entry['dim']}, theory slope {theory})",
+            "",
+            f"Parameter counts span {entry.get('param_decades', 0.0):.2f} decades.",
             "",
             "| activation | params | L2 slope [95% CI] | sup slope [95% CI] | best L2 (largest) | best sup (largest) |",
             "|---|---|---|---|---|---|",

@@ -56,7 +56,7 @@ def plot_approx(result: dict, path: str | Path) -> Path:
     summary = result["summary"]
     fits = result["fits"]
     targets = list(summary)
-    fig, axes = plt.subplots(len(targets), 2, figsize=(12, 4.2 * len(targets)), squeeze=False)
+    fig, axes = plt.subplots(len(targets), 2, figsize=(12, 4.2 * len(targets)), squeeze=False, layout="constrained")
     for row, name in enumerate(targets):
         entry = summary[name]
         for col, metric in enumerate(("l2", "sup")):
@@ -110,7 +110,6 @@ def plot_approx(result: dict, path: str | Path) -> Path:
             ax.set_title(f"{name} (d={dim}): {entry['description']}", fontsize=10)
             ax.legend(fontsize=8, loc="lower left")
     fig.suptitle("Approximation error vs network size (best of seeds; dashed: OLS fit; 95% CI in legend)")
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -171,7 +170,7 @@ def plot_model_erank(report: dict, path: str | Path) -> Path:
         for k in ("gate_proj", "up_proj", "down_proj")
         if any(k in layer["weights"] for r in runs for layer in r["effective_rank"])
     ]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         for i, run in enumerate(runs):
             rows = [layer for layer in run["effective_rank"] if key in layer["weights"]]
@@ -202,7 +201,6 @@ def plot_model_erank(report: dict, path: str | Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8)
     fig.suptitle("Effective rank of MLP weights per layer")
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -251,7 +249,7 @@ def plot_model_coefficients(report: dict, path: str | Path) -> Path:
     runs = [r for r in report["runs"] if r["polycom_coefficients"]]
     order = max(len(c["weight"]) for r in runs for c in r["polycom_coefficients"])
     names = [f"a_{order - j} (x^{order - j})" for j in range(order)] + ["a_0 (bias)"]
-    fig, axes = plt.subplots(1, order + 1, figsize=(4.2 * (order + 1), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, order + 1, figsize=(4.2 * (order + 1), 3.8), squeeze=False, layout="constrained")
     for i, run in enumerate(runs):
         style = _run_style(run, i)
         rows = run["polycom_coefficients"]
@@ -274,7 +272,6 @@ def plot_model_coefficients(report: dict, path: str | Path) -> Path:
     axes[0][0].set_ylabel("coefficient value (init: 1/r, bias 0)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Learned PolyCom coefficients per layer")
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -283,7 +280,7 @@ def plot_model_activations(report: dict, path: str | Path) -> Path:
     runs = report["runs"]
     n_layers = max(len(r["activations"]) for r in runs)
     picks = sorted({0, n_layers // 2, n_layers - 1})
-    fig, axes = plt.subplots(1, len(picks), figsize=(5.2 * len(picks), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(picks), figsize=(5.2 * len(picks), 4.0), squeeze=False, layout="constrained")
     for ax, pick in zip(axes[0], picks):
         for i, run in enumerate(runs):
             if pick >= len(run["activations"]):
@@ -315,5 +312,4 @@ def plot_model_activations(report: dict, path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Distribution of MLP activation outputs (input of down_proj)")
-    fig.tight_layout()
     return save_figure(fig, path)
