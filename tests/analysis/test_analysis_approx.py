@@ -93,6 +93,8 @@ def test_tiny_approx_run_error_decreases_with_width(tmp_path):
     )
     result = run_approx(cfg, progress=False)
     assert len(result["fits"]) == 10
+    assert all(0 < f["lbfgs_iters"] <= 40 and math.isfinite(f["grad_norm"]) for f in result["fits"])
+    assert all(f["train_mse"] <= f["adam_mse"] for f in result["fits"])  # L-BFGS never makes the result worse
     sizes_all = [f["params"] for f in result["fits"]]
     assert result["summary"]["sin1d"]["param_decades"] == pytest.approx(math.log10(max(sizes_all) / min(sizes_all)))
     for act in ACTIVATIONS:

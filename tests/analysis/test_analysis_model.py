@@ -156,3 +156,19 @@ def test_transformers_llama_model(ids):
         for i in range(2)
     ]
     assert res["similarity"]["adjacent"][:2] == pytest.approx(direct, abs=1e-6)
+
+
+def test_moe_per_expert_coefficients(ids):
+    model = _tiny("polyrelu", MoEConfig(num_experts=3, top_k=1, shared_coefficients=False))
+    with torch.no_grad():
+        for e, act in enumerate(model.layers[0].mlp.expert_acts):
+            act.weight.fill_(0.1 * (e + 1))
+            act.bias.fill_(-0.01 * e)
+    res = analyze_model(model, ids)
+    c0 = res["polycom_coefficients"][0]
+    torch.testing.assert_close(
+        torch.tensor(c0["per_expert"]["weight"]), torch.tensor([[0.1] * 3, [0.2] * 3, [0.3] * 3]), rtol=0, atol=1e-7
+    )
+    assert c0["weight"] == pytest.approx([0.2] * 3) and c0["bias"] == pytest.approx(-0.01)
+    # the per-expert activations are hooked one segment at a time: every assignment is counted once
+    assert res["activations"][0]["count"] == ids.numel() * model.layers[0].mlp.experts.hidden_size

@@ -105,6 +105,8 @@ class FitResult:
     seconds: float
     cpu_seconds: float
     diverged: bool
+    lbfgs_iters: int  # iterations L-BFGS ran (< lbfgs_steps: it stopped on its tolerances)
+    grad_norm: float  # ||grad of the training MSE|| at the returned parameters
 
 
 @dataclass
@@ -145,6 +147,7 @@ def fit_one(target: Target, activation: str, width: int, depth: int, seed: int, 
         net = FCNet(net_cfg, dtype=dtype)
     x, y = data.x_train, data.y_train
     best_loss, best_state, diverged = math.inf, _snapshot(net), False
+    lbfgs_iters = 0
 
     def keep_if_better(loss_value: float) -> None:
         nonlocal best_loss, best_state
@@ -195,9 +198,15 @@ def fit_one(target: Target, activation: str, width: int, depth: int, seed: int, 
             lbfgs.step(closure)
         except RuntimeError:  # a line search that produced NaN internally
             diverged = True
+        lbfgs_iters = int(lbfgs.state[lbfgs._params[0]].get("n_iter", 0))
         with torch.no_grad():
             keep_if_better(float(_mse(net, x, y)))
         net.load_state_dict(best_state)
+
+    # Convergence record: gradient norm of the training loss at the returned parameters.
+    net.zero_grad(set_to_none=True)
+    _mse(net, x, y).backward()
+    grad_norm = float(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in net.parameters() if p.grad is not None)))
 
     with torch.no_grad():
         err = (net(data.x_eval) - data.y_eval).abs()
@@ -219,6 +228,8 @@ def fit_one(target: Target, activation: str, width: int, depth: int, seed: int, 
         seconds=time.perf_counter() - start,
         cpu_seconds=time.process_time() - cpu_start,
         diverged=diverged,
+        lbfgs_iters=lbfgs_iters,
+        grad_norm=grad_norm,
     )
 
 
