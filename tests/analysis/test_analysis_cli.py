@@ -87,6 +87,14 @@ def test_missing_and_non_model_folders(tmp_path, capsys):
     assert "neither a polycom run folder" in _error_line(capsys)
 
 
+def test_bad_device_and_labels(tmp_path, capsys):
+    _make_run(tmp_path / "r", "gelu")
+    assert main(["analyze", "model", "--run", str(tmp_path / "r"), "--device", "nonsense"]) == 2
+    assert "--device 'nonsense'" in _error_line(capsys)
+    assert main(["analyze", "model", "--run", str(tmp_path / "r"), "--label", "a", "--label", "b"]) == 2
+    assert "2 --label value(s) for 1 --run" in _error_line(capsys)
+
+
 def test_approx_bad_input(tmp_path, capsys):
     assert main(["analyze", "approx", "--targets", "wiggle", "--out", str(tmp_path)]) == 2
     assert "unknown target function 'wiggle'" in _error_line(capsys)

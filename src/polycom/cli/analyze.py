@@ -169,9 +169,17 @@ def _represent(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
+    import torch
+
     from polycom.analysis.model_analysis import ModelAnalysisConfig
     from polycom.analysis.model_report import analyze_runs, model_markdown, write_model_outputs
 
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise UserError(f"--device {args.device!r} is not a torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device} asked for, but no CUDA device is available (use --device cpu)")
     for run in args.run:
         if not Path(run).expanduser().exists():
             raise FileNotFoundError(f"--run folder {run} does not exist")
