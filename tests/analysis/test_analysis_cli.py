@@ -138,6 +138,7 @@ def test_analyze_without_subcommand(capsys):
 
 
 def test_torch_threads_restored_after_approx(tmp_path):
+    torch.set_num_threads(2)  # the autouse fixture restores the suite's setting afterwards
     before = torch.get_num_threads()
     main(["analyze", "approx", "--targets", "sin1d", "--activations", "relu", "--widths", "2", "--seeds", "1",
           "--adam-steps", "5", "--lbfgs-steps", "2", "--n-train", "16", "--n-test", "16", "--jobs", "1",
