@@ -418,7 +418,19 @@ DEFAULT_SHAPES: list[tuple[int, list[int], int]] = [
 def run_represent(
     max_level: int = 14, shapes: list[tuple[int, list[int], int]] | None = None, n_inputs: int = 4096, seed: int = 0
 ) -> dict:
-    """Representation checks on random nets of several shapes + the x^2 / x^3 ReLU size curves."""
+    """Representation checks on random nets of several shapes + the x^2 / x^3 ReLU size curves.
+
+    Runs torch single-threaded (tiny tensors: intra-op threads only spin) and restores the setting.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_represent(max_level, shapes, n_inputs, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_represent(max_level: int, shapes, n_inputs: int, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     checks = []
     for activation in ("relu", "relu2"):
