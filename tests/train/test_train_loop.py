@@ -167,3 +167,29 @@ def test_moe_run_logs_expert_load(tmp_path, data_dir):
     # every token of the last micro-batch (4 x 32) goes to exactly top_k = 2 experts
     assert [sum(layer) for layer in last["tokens_per_expert"]] == [4 * 32 * 2]
     assert last["aux_loss"] > 0 and result.final_val_loss < result.initial_val_loss
+
+
+def test_thread_governor_picks_the_faster_setting(monkeypatch):
+    from polycom.train.threads import ThreadGovernor
+
+    calls = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    gov = ThreadGovernor(enabled=True, first_probe=2, base_interval=3, max_interval=6)
+    gov.step_done(1.0)
+    gov.step_done(1.0)  # 2 steps on 2 threads -> probe 1 thread
+    assert gov.current == 1
+    gov.step_done(0.1)  # 1 thread is 10x faster (a busy neighbour): keep it
+    assert gov.current == 1
+    for _ in range(3):
+        gov.step_done(0.1)
+    assert gov.current == 2  # 3 steps later: probe 2 threads
+    gov.step_done(1.0)  # still slow: back to 1, next probe after 6 steps
+    assert gov.current == 1 and gov.interval == 6
+    for _ in range(6):
+        gov.step_done(0.1)
+    assert gov.current == 2
+    gov.step_done(0.05)  # the neighbour left: 2 threads faster -> keep 2, probe interval reset
+    assert gov.current == 2 and gov.interval == 3
+    assert calls == [1, 2, 1, 2]
+    assert not ThreadGovernor(enabled=False).enabled

@@ -10,7 +10,7 @@ all activations see the same batches in the same order. Output folder::
     OUT/results.json      numbers per activation (written last: marks the comparison as finished)
     OUT/report.md, OUT/loss.png
 
-Default recipe: on CPU the `tiny` model (d 128, 2 layers, byte vocab) at sequence 128 x batch 16 for 150
+Default recipe: on CPU the `tiny` model (d 128, 2 layers, byte vocab) at sequence 128 x batch 16 for 250
 steps, sized so all six default activations finish within 5 minutes on 2 cores; on a GPU the `small`
 model (d 512, 6 layers) at 512 x 32 for 2000 steps.
 """
@@ -53,12 +53,12 @@ CPU_RECIPE = Recipe(
     preset="tiny",
     seq_len=128,
     batch_size=16,
-    steps=150,
+    steps=250,
     lr=3e-3,
-    warmup_steps=20,
-    eval_interval=25,
-    eval_batches=4,
-    log_interval=5,
+    warmup_steps=25,
+    eval_interval=50,
+    eval_batches=8,
+    log_interval=10,
 )
 GPU_RECIPE = Recipe(
     preset="small",
@@ -194,6 +194,7 @@ def build_run_config(cfg: CompareConfig, recipe: Recipe, activation: str, seed: 
         f"--train.log_interval={min(recipe.log_interval, steps)}",
         "--train.keep_checkpoints=1",
         f"--train.device={json.dumps(cfg.device)}",
+        "--train.threads=-1",  # adaptive on CPU: other processes on the cores must not stall the runs
         f"--optim.lr={recipe.lr}",
         f"--optim.warmup_steps={min(recipe.warmup_steps, max(1, steps // 10))}",
         f"--data.path={json.dumps(str(data_path))}",

@@ -86,7 +86,8 @@ class LoopConfig:
     keep_checkpoints: newest checkpoints kept (0 = keep all).
     precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
     compile: wrap the model in torch.compile. device: "auto", "cpu", "cuda", "cuda:1", ...
-    threads: torch CPU threads (0 = torch default).
+    threads: torch CPU threads: 0 = torch default, N > 0 = N, -1 = adaptive between the default and 1
+        (fast when other processes share the cores; not bit-reproducible; see polycom.train.threads).
     """
 
     steps: int = 600
@@ -125,9 +126,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "eval_batches", "log_interval"):
             if getattr(t, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-        for name in ("eval_interval", "checkpoint_interval", "keep_checkpoints", "seq_len", "threads"):
+        for name in ("eval_interval", "checkpoint_interval", "keep_checkpoints", "seq_len"):
             if getattr(t, name) < 0:
                 raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+        if t.threads < -1:
+            raise UserError(f"train.threads must be -1 (adaptive), 0 (torch default) or > 0, got {t.threads}")
         if self.seq_len > self.model.max_seq_len:
             raise UserError(f"train.seq_len {self.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
         if t.precision not in ("auto", "fp32", "bf16"):

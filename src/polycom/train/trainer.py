@@ -44,6 +44,7 @@ from polycom.train.config import DataConfig, TrainConfig
 from polycom.train.metrics import MetricsWriter
 from polycom.train.run_header import run_header
 from polycom.train.schedule import WarmupCosine
+from polycom.train.threads import ThreadGovernor
 
 # Dense bf16 peak FLOP/s per GPU, for MFU (vendor datasheet numbers, no sparsity).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -266,7 +267,7 @@ def train(
                 raise UserError(f"{path} was saved by a single process; resume it with one process")
             state = load_checkpoint(path, map_location="cpu")
 
-    if cfg.train.threads:
+    if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     ctx, parallelize_fn, shutdown_fn = _init_context(cfg)
     try:
@@ -373,6 +374,7 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
     window_loss, window_n, window_time, train_time = 0.0, 0, 0.0, 0.0
     recent_losses: list[float] = []
     tps_samples: list[float] = []
+    governor = ThreadGovernor(enabled=tc.threads == -1 and device.type == "cpu")
     with _StopFlag() as stop:
         try:
             while step < tc.steps:
@@ -395,6 +397,8 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
                 step += 1
                 loss_value = float(loss_sum) / tc.grad_accum
                 dt = time.perf_counter() - t0
+                threads_used = torch.get_num_threads()
+                governor.step_done(dt)
                 window_loss += loss_value
                 window_n += 1
                 window_time += dt
@@ -417,6 +421,7 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
                         "tokens": step * tokens_per_step,
                         "tokens_per_s": tps,
                         "memory_mb": mem,
+                        "threads": threads_used,
                         "elapsed_s": time.perf_counter() - t_start,
                     }
                     if peak_flops:
@@ -442,6 +447,7 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
                 raise
         if interrupted or step == tc.steps:
             checkpoint(step, last_val)
+    governor.restore()
     peak_mem, mem_kind = _peak_memory_mb(device)
     if interrupted:
         metrics.write({"step": step, "interrupted": True})
