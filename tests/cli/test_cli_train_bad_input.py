@@ -14,6 +14,7 @@ SMALL = [
     "--model.n_heads=2",
     "--model.max_seq_len=32",
     "--train.batch_size=4",
+    "--train.threads=1",  # robust to other processes on the cores (2-thread steps can stall)
     "--train.eval_batches=2",
     "--train.log_interval=2",
 ]

@@ -267,12 +267,14 @@ def train(
                 raise UserError(f"{path} was saved by a single process; resume it with one process")
             state = load_checkpoint(path, map_location="cpu")
 
+    threads_before = torch.get_num_threads()
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     ctx, parallelize_fn, shutdown_fn = _init_context(cfg)
     try:
         return _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, shards)
     finally:
+        torch.set_num_threads(threads_before)
         if shutdown_fn is not None:
             shutdown_fn(ctx)
 
