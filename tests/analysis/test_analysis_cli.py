@@ -47,7 +47,6 @@ def test_analyze_model_on_run_folders(tmp_path, capsys):
 
 
 def test_analyze_model_on_hf_folder(tmp_path):
-    pytest.importorskip("transformers")
     from polycom.hf.export import export_model
 
     model = _make_run(tmp_path / "run", "polyrelu")
