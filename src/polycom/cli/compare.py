@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--activations",
         default=",".join(DEFAULT_ACTIVATIONS),
-        help="comma-separated registry names (default: %(default)s); swiglu is the report's baseline",
+        help="comma-separated registry names (default: %(default)s); the baseline is swiglu when listed, else the first",
     )
     parser.add_argument("--seeds", type=int, default=1, help="runs per activation (>= 2 adds std and t-tests)")
     parser.add_argument("--preset", default=None, help="model preset (default: tiny on CPU, small on GPU)")

@@ -77,7 +77,7 @@ GPU_RECIPE = Recipe(
 class CompareConfig:
     """What `polycom compare` runs (CLI flags map one to one).
 
-    activations: registry names; the first-listed `swiglu` (when present) is the baseline of the report.
+    activations: registry names; `swiglu` is the report's baseline when listed, else the first activation.
     seeds: runs per activation (seed 0..seeds-1); >= 2 gives std and Welch t-tests.
     preset: model preset; None -> `tiny` on CPU, `small` on GPU. steps: None -> the recipe's.
     data: "embedded", a raw source (file/folder/hf:NAME) or a prepared data folder. tokenizer: for raw sources.
@@ -258,7 +258,8 @@ def run_compare(cfg: CompareConfig, *, show_progress: bool = True, console=None)
                 raise KeyboardInterrupt
             progress.finish_run(activation, seed, result=result)
 
-    results = collect_results(out, activations, cfg.seeds, cfg, recipe, device, baseline=BASELINE)
+    baseline = BASELINE if BASELINE in activations else activations[0]
+    results = collect_results(out, activations, cfg.seeds, cfg, recipe, device, baseline=baseline)
     results["samples"] = generate_samples(out, activations, cfg)
     results["wall_s"] = time.perf_counter() - t0
     write_report(out, results)
