@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; continue with: polycom compare --resume --out {out}", file=sys.stderr)
         return 130
-    _print_summary(results, Path(out))
+    if results:  # empty on the ranks > 0 of a torchrun launch
+        _print_summary(results, Path(out))
     return 0
 
 

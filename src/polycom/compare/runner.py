@@ -218,6 +218,7 @@ def run_compare(cfg: CompareConfig, *, show_progress: bool = True, console=None)
     """Run the whole comparison; returns the results dict (also written to OUT/results.json)."""
     from polycom.compare.progress import CompareProgress
     from polycom.compare.report import collect_results, write_report
+    from polycom.data.shards import TokenShards
     from polycom.train.checkpoint import list_checkpoints
     from polycom.train.trainer import _pick_device, train
 
@@ -229,11 +230,18 @@ def run_compare(cfg: CompareConfig, *, show_progress: bool = True, console=None)
     device = _pick_device(cfg.device)
     recipe = default_recipe(device)
     # Validate the run config (bad preset / override) before touching the output folder.
-    build_run_config(cfg, recipe, activations[0], 0, Path("."), 256)
-    out = prepare_output_folder(cfg)
+    probe_cfg = build_run_config(cfg, recipe, activations[0], 0, Path("."), 256)
+    ctx = _join_process_group(probe_cfg)  # None for a single process
+    is_main = ctx is None or ctx.is_main
     t0 = time.perf_counter()
-    _write_json(out / "compare.json", {"config": asdict(cfg), "recipe": asdict(recipe), "device": str(device)})
-    shards = resolve_compare_data(cfg, out, show_progress)
+
+    def setup() -> tuple[Path, Path]:
+        out = prepare_output_folder(cfg)
+        _write_json(out / "compare.json", {"config": asdict(cfg), "recipe": asdict(recipe), "device": str(device)})
+        return out, resolve_compare_data(cfg, out, show_progress).folder
+
+    out, data_folder = _on_main_then_share(ctx, setup)
+    shards = TokenShards(data_folder)
 
     runs: list[tuple[str, int, Any]] = []
     for activation in activations:
@@ -242,7 +250,11 @@ def run_compare(cfg: CompareConfig, *, show_progress: bool = True, console=None)
             runs.append((activation, seed, run_cfg))
     steps = runs[0][2].train.steps
 
-    progress = CompareProgress(len(runs), steps, enabled=show_progress, console=console)
+    if not is_main:  # one rank reports progress
+        from rich.console import Console
+
+        console = Console(quiet=True)
+    progress = CompareProgress(len(runs), steps, enabled=show_progress and is_main, console=console)
     with progress:
         for activation, seed, run_cfg in runs:
             run_dir = out / "runs" / run_name(activation, seed)
@@ -251,19 +263,67 @@ def run_compare(cfg: CompareConfig, *, show_progress: bool = True, console=None)
                 progress.finish_run(activation, seed, skipped=True)
                 continue
             resume_run = cfg.resume and bool(list_checkpoints(run_dir))
-            if run_dir.exists() and not resume_run:
-                shutil.rmtree(run_dir)  # a run that never reached a checkpoint: start it again
+
+            def clear_stale_run(run_dir: Path = run_dir, resume_run: bool = resume_run) -> None:
+                if run_dir.exists() and not resume_run:
+                    shutil.rmtree(run_dir)  # a run that never reached a checkpoint: start it again
+
+            _on_main_then_share(ctx, clear_stale_run)
             result = train(run_cfg, run_dir, resume=resume_run, on_event=progress.on_event, shards=shards)
             if result.interrupted:
                 raise KeyboardInterrupt
             progress.finish_run(activation, seed, result=result)
 
+    if not is_main:  # rank 0 alone reads the runs back and writes the report
+        _on_main_then_share(ctx, lambda: None)
+        _leave_process_group(ctx)
+        return {}
     baseline = BASELINE if BASELINE in activations else activations[0]
     results = collect_results(out, activations, cfg.seeds, cfg, recipe, device, baseline=baseline)
     results["samples"] = generate_samples(out, activations, cfg)
     results["wall_s"] = time.perf_counter() - t0
-    write_report(out, results)
+    _on_main_then_share(ctx, lambda: write_report(out, results))
+    _leave_process_group(ctx)
     return results
+
+
+def _leave_process_group(ctx) -> None:
+    if ctx is not None:
+        from polycom.distributed import shutdown
+
+        shutdown(ctx)
+
+
+def _join_process_group(run_cfg):
+    """Under torchrun (WORLD_SIZE > 1) start the process group once for all runs; else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from polycom.distributed import init_distributed
+
+    return init_distributed(run_cfg.parallel)
+
+
+def _on_main_then_share(ctx, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 only and give its result (or its UserError) to every rank.
+
+    Files of a comparison (output folder, data, report) have one writer; the other ranks wait here,
+    so a refusal such as "folder holds a finished comparison" stops every rank with the same message.
+    """
+    if ctx is None:
+        return fn()
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    if ctx.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except UserError as exc:
+            box[0] = ("error", str(exc))
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise UserError(value)
+    return value
 
 
 def generate_samples(out: Path, activations: list[str], cfg: CompareConfig) -> dict[str, str]:

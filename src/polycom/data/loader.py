@@ -51,7 +51,20 @@ class WindowSampler:
         return rows[:, :-1], rows[:, 1:]
 
 
-def eval_batches(tokens: TokenFile, seq_len: int, batch_size: int, n_batches: int, seed: int = 1234):
-    """A fixed list of (inputs, targets) validation batches: the same for every call with the same args."""
-    sampler = WindowSampler(tokens, seq_len, batch_size, seed)
+def eval_batches(
+    tokens: TokenFile,
+    seq_len: int,
+    batch_size: int,
+    n_batches: int,
+    seed: int = 1234,
+    *,
+    dp_rank: int = 0,
+    dp_size: int = 1,
+):
+    """A fixed list of (inputs, targets) validation batches: the same for every call with the same args.
+
+    With data parallelism each rank gets its disjoint slice of the same global windows (as in training),
+    so the mean over ranks is the loss of the single-process validation set with batch_size * dp_size.
+    """
+    sampler = WindowSampler(tokens, seq_len, batch_size, seed, dp_rank=dp_rank, dp_size=dp_size)
     return [sampler.batch(i) for i in range(n_batches)]

@@ -290,7 +290,15 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
     sampler = WindowSampler(
         shards.train, seq_len, tc.batch_size, tc.seed, dp_rank=ctx.dp_rank, dp_size=getattr(ctx, "dp_size", 1)
     )
-    val = eval_batches(shards.val, seq_len, tc.batch_size, tc.eval_batches, seed=tc.seed + 1_000_003)
+    val = eval_batches(
+        shards.val,
+        seq_len,
+        tc.batch_size,
+        tc.eval_batches,
+        seed=tc.seed + 1_000_003,
+        dp_rank=ctx.dp_rank,
+        dp_size=getattr(ctx, "dp_size", 1),
+    )
 
     torch.manual_seed(tc.seed)
     raw_model = build_model(cfg.model)
@@ -342,7 +350,7 @@ def _train(cfg, run_dir, ctx, parallelize_fn, state, on_event, show_progress, sh
                     out = forward(x.to(device), y.to(device))
                 total += float(out.ce_loss)
         model.train()
-        return total / len(val)
+        return _all_reduce_mean(total / len(val), ctx)
 
     def checkpoint(step: int, val_loss: float | None) -> None:
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
@@ -480,7 +488,7 @@ def clip_grad_norm(parameters, max_norm: float, ctx) -> torch.Tensor:
 def _all_reduce_mean(value: float, ctx) -> float:
     if ctx.world_size == 1:
         return value
-    t = torch.tensor([value], device=ctx.device)
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
     torch.distributed.all_reduce(t)
     return float(t) / ctx.world_size
 
