@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from polycom.utils.atomic import save_figure
 
 
 def mean_band(curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,7 +68,4 @@ def plot_losses(results: dict[str, Any], path: str | Path) -> None:
                     ax.get_title() + f"\n(y zoomed; early losses up to {float(everything.max()):.2f} off scale)"
                 )
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)

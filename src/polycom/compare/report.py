@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 import warnings
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from polycom.train.metrics import read_metrics
+from polycom.utils.atomic import write_json, write_text
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -190,11 +190,5 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
     from polycom.compare.plots import plot_losses
 
     plot_losses(results, out / "loss.png")
-    _atomic_text(out / "report.md", render_markdown(results))
-    _atomic_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(out / "report.md", render_markdown(results))
+    write_json(out / "results.json", results)

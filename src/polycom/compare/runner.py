@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from polycom.errors import UserError
+from polycom.utils.atomic import write_json
 
 DEFAULT_ACTIVATIONS = ("swiglu", "gelu", "relu", "relu2", "polyrelu", "polynorm")
 BASELINE = "swiglu"
@@ -237,7 +238,7 @@ def run_compare(cfg: CompareConfig, *, show_progress: bool = True, console=None)
 
     def setup() -> tuple[Path, Path]:
         out = prepare_output_folder(cfg)
-        _write_json(out / "compare.json", {"config": asdict(cfg), "recipe": asdict(recipe), "device": str(device)})
+        write_json(out / "compare.json", {"config": asdict(cfg), "recipe": asdict(recipe), "device": str(device)})
         return out, resolve_compare_data(cfg, out, show_progress).folder
 
     out, data_folder = _on_main_then_share(ctx, setup)
@@ -341,12 +342,3 @@ def generate_samples(out: Path, activations: list[str], cfg: CompareConfig) -> d
             outputs = model.generate(prompt, min(cfg.sample_tokens, room), temperature=0.8, top_k=40, generator=gen)
         samples[activation] = tok.decode(outputs[0].tolist())
     return samples
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-RunCallback = Callable[[dict], None]

@@ -7,8 +7,6 @@ validation set samples the whole corpus rather than its last document. The split
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +18,7 @@ from polycom.data.shards import TokenShards, write_token_file
 from polycom.data.sources import describe_source, iter_documents
 from polycom.data.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer, train_bpe
 from polycom.errors import UserError
+from polycom.utils.atomic import write_json
 
 
 @dataclass
@@ -107,9 +106,7 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, *, overwrite: bool = F
         "prepare_config": asdict(cfg),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    tmp = out_dir / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out_dir / "meta.json")  # written last: its presence marks a complete folder
+    write_json(out_dir / "meta.json", meta)  # written last: its presence marks a complete folder
     return TokenShards(out_dir)
 
 

@@ -12,13 +12,13 @@ decode(encode(text)) == text holds for the byte tokenizer and the byte-level BPE
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from polycom.errors import UserError
+from polycom.utils.atomic import write_json
 
 META_FILE = "polycom_tokenizer.json"
 EOS_TOKEN = "<|endoftext|>"
@@ -48,7 +48,7 @@ class ByteTokenizer:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / META_FILE, {"kind": "byte", "vocab_size": 256})
+        write_json(folder / META_FILE, {"kind": "byte", "vocab_size": 256})
 
 
 class HFTokenizer:
@@ -87,7 +87,7 @@ class HFTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(folder / "tokenizer.json"))
-        _write_json(folder / META_FILE, {"kind": "hf", "name": self.name, "vocab_size": self.vocab_size})
+        write_json(folder / META_FILE, {"kind": "hf", "name": self.name, "vocab_size": self.vocab_size})
 
 
 class TransformersTokenizer:
@@ -119,7 +119,7 @@ class TransformersTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self._tok.save_pretrained(str(folder))
-        _write_json(folder / META_FILE, {"kind": "transformers", "name": self.name, "vocab_size": self.vocab_size})
+        write_json(folder / META_FILE, {"kind": "transformers", "name": self.name, "vocab_size": self.vocab_size})
 
 
 Tokenizer = ByteTokenizer | HFTokenizer | TransformersTokenizer
@@ -180,9 +180,3 @@ def _lines(texts: Iterable[str], chunk_chars: int = 1 << 16) -> Iterable[str]:
     for text in texts:
         for start in range(0, len(text), chunk_chars):
             yield text[start : start + chunk_chars]
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)

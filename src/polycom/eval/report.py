@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import platform
 import subprocess
 from pathlib import Path
+
+from polycom.utils.atomic import write_json, write_text
 
 MAIN_METRICS = ("acc", "acc_norm")
 PPL_METRICS = ("token_perplexity", "bits_per_byte", "byte_perplexity", "word_perplexity")
@@ -83,17 +83,11 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     """Write results.json and results.md into `out_dir` (atomically); returns both paths."""
     folder = Path(out_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / "results.json", folder / "results.md"
-    _atomic_write(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
-    _atomic_write(md_path, to_markdown(report))
+    write_json(json_path, report)
+    write_text(md_path, to_markdown(report))
     return json_path, md_path

@@ -12,7 +12,6 @@ place (atomic: a failed export leaves no half-written folder under the target na
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from polycom.errors import UserError
+from polycom.utils.atomic import replace_folder
 
 HF_PREFIX = "model."
 
@@ -143,13 +143,7 @@ def export_model(
         (tmp / "README.md").write_text(model_card(hf.config, source), encoding="utf-8")
         if verify:
             verify_export(tmp, model)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

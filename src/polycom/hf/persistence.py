@@ -20,7 +20,6 @@ the original value of the activation field, and the history of conversions. Then
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 from polycom.errors import UserError
 from polycom.hf.activations import GUARD_ACTIVATION, register_transformers_activations
 from polycom.modules.polycom import PolyNorm, PolyReLU
+from polycom.utils.atomic import replace_folder
 
 if TYPE_CHECKING:
     from polycom.hf.convert import ConversionReport
@@ -240,13 +240,7 @@ def save_converted(model: nn.Module, tokenizer, out_dir: str | Path, *, overwrit
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -45,6 +45,7 @@ from polycom.train.metrics import MetricsWriter
 from polycom.train.run_header import run_header
 from polycom.train.schedule import WarmupCosine
 from polycom.train.threads import ThreadGovernor
+from polycom.utils.atomic import write_json
 
 # Dense bf16 peak FLOP/s per GPU, for MFU (vendor datasheet numbers, no sparsity).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -506,7 +507,7 @@ def _write_run_files(cfg: TrainConfig, run_dir: Path, shards: TokenShards, n_par
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "tokenizer").is_dir():
         shards.tokenizer().save(run_dir / "tokenizer")
-    _atomic_json(run_dir / "config.json", cfg.to_dict())
+    write_json(run_dir / "config.json", cfg.to_dict())
     header_path = run_dir / "run.json"
     if resumed and header_path.exists():
         header = json.loads(header_path.read_text())
@@ -516,13 +517,7 @@ def _write_run_files(cfg: TrainConfig, run_dir: Path, shards: TokenShards, n_par
             cfg.to_dict(),
             {"num_parameters": n_params, "data": {"folder": str(shards.folder), **shards.meta}},
         )
-    _atomic_json(header_path, header)
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(header_path, header)
 
 
 def load_resume_config(run_dir: str | Path) -> TrainConfig:

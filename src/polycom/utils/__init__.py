@@ -1,0 +1,1 @@
+"""Small shared helpers with no PolyCom logic (atomic file writes)."""
