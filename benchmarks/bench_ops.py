@@ -519,26 +519,16 @@ def measure(op, provider, fn, m, n, dtype_name, cfg: BenchConfig, timer: Timer, 
 
 
 def environment(device: str, copy_gbps: float, commit: str | None = None) -> dict[str, object]:
-    def version(module):
-        try:
-            return __import__(module).__version__
-        except Exception:
-            return None
+    from polycom.utils.provenance import git_commit, module_version
 
-    if not commit:
-        try:
-            commit = subprocess.run(
-                ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        except Exception:
-            commit = ""
+    commit = commit or git_commit(REPO_ROOT)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "card": torch.cuda.get_device_name() if device == "cuda" else "cpu (harness smoke test, no speed meaning)",
         "torch": torch.__version__,
-        "triton": version("triton"),
+        "triton": module_version("triton"),
         "cuda": torch.version.cuda,
-        "liger_kernel": version("liger_kernel"),
+        "liger_kernel": module_version("liger_kernel"),
         "git_commit": commit or "unknown",
         "copy_GBps": copy_gbps,
     }

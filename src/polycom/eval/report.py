@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import platform
-import subprocess
 from pathlib import Path
 
 from polycom.utils.atomic import write_json, write_text
+from polycom.utils.provenance import git_commit, hardware, utc_now, versions
 
 MAIN_METRICS = ("acc", "acc_norm")
 PPL_METRICS = ("token_perplexity", "bits_per_byte", "byte_perplexity", "word_perplexity")
@@ -15,30 +13,11 @@ PPL_METRICS = ("token_perplexity", "bits_per_byte", "byte_perplexity", "word_per
 
 def environment() -> dict:
     """Versions, host and git commit recorded with every report."""
-    import torch
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("polycom", "transformers", "lm_eval"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # not installed or no __version__
-            versions[name] = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except Exception:  # not a git checkout
-        commit = None
     return {
-        "versions": versions,
-        "git_commit": commit,
-        "host": platform.node(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions("transformers", "lm_eval"),
+        "git_commit": git_commit(),
+        "host": hardware()["host"],
+        "date": utc_now(),
     }
 
 

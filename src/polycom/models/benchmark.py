@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from polycom.models.config import ModelConfig
 from polycom.models.presets import get_preset
 from polycom.models.transformer import build_model
+from polycom.utils.provenance import git_commit, versions
 
 # Dense bf16 tensor-core peak FLOP/s per GPU (no sparsity), matched on the device name (first hit wins).
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
@@ -105,38 +105,6 @@ def peak_flops_for(card: str, device: torch.device) -> float | None:
         if key.lower() in card.lower():
             return value
     return None
-
-
-def versions() -> dict[str, str | None]:
-    import polycom
-
-    out: dict[str, str | None] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "polycom": polycom.__version__,
-    }
-    try:
-        import triton
-
-        out["triton"] = triton.__version__
-    except ImportError:
-        out["triton"] = None
-    return out
-
-
-def git_commit(cwd: Path | None = None) -> str | None:
-    try:
-        root = cwd or Path(__file__).resolve().parent
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if res.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        )
-        return res.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # --------------------------------------------------------------------------------------------------
