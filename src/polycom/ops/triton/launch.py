@@ -83,6 +83,26 @@ def _zero_coefficient_grads(weight: torch.Tensor, bias: torch.Tensor) -> tuple[t
     return torch.zeros_like(weight), torch.zeros_like(bias)
 
 
+class _BackwardBuffers:
+    """Row views of the backward's inputs and freshly allocated outputs (never the incoming gradient).
+
+    x2, g2, up2: (m, n) row views of x, dy and up (x when not gated); dx, dup: outputs shaped like x / up
+    (dup None when not gated); dx2, dup2: their (m, n) views (dup2 aliases dx2 when not gated, unused then).
+    """
+
+    def __init__(self, grad: torch.Tensor, x: torch.Tensor, up: torch.Tensor | None) -> None:
+        self.x2 = as_rows(x)
+        self.m, self.n = self.x2.shape
+        self.dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        self.dup = torch.empty(up.shape, dtype=up.dtype, device=up.device) if up is not None else None
+        if self.m == 0:
+            return
+        self.g2 = as_rows(grad)
+        self.up2 = as_rows(up) if up is not None else self.x2
+        self.dx2 = self.dx.view(self.m, self.n)
+        self.dup2 = self.dup.view(self.m, self.n) if self.dup is not None else self.dx2
+
+
 def poly_norm_forward(
     x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,16 +156,10 @@ def poly_norm_backward(
     """(dx, d_up or None, dweight, dbias) of PolyNorm from x, the saved rstd and the output gradient."""
     weight, bias = coefficients_on(x, weight, bias)
     r = weight.numel()
-    x2 = as_rows(x)
-    m, n = x2.shape
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dup = torch.empty(up.shape, dtype=up.dtype, device=up.device) if up is not None else None
-    if m == 0:
-        return (dx, dup, *_zero_coefficient_grads(weight, bias))
-    g2 = as_rows(grad)
-    up2 = as_rows(up) if up is not None else x2
-    dx2 = dx.view(m, n)
-    dup2 = dup.view(m, n) if dup is not None else dx2
+    b = _BackwardBuffers(grad, x, up)
+    if b.m == 0:
+        return (b.dx, b.dup, *_zero_coefficient_grads(weight, bias))
+    x2, g2, up2, dx2, dup2, m, n = b.x2, b.g2, b.up2, b.dx2, b.dup2, b.m, b.n
     row_bytes = n * x.element_size() * (3 if up is not None else 2)  # x, dy (and up) re-read
     launch = config.row_launch(m, n, backward=True, row_bytes=row_bytes, num_sms=config.num_sms(x.device))
     part = torch.empty((launch.grid[0], r + 1), dtype=rstd.dtype, device=x.device)
@@ -176,7 +190,7 @@ def poly_norm_backward(
             ACC=_tl_acc(x.dtype),
             num_warps=launch.num_warps,
         )
-    return (dx, dup, *_coefficient_grads(part, weight, bias))
+    return (b.dx, b.dup, *_coefficient_grads(part, weight, bias))
 
 
 def poly_relu_forward(
@@ -221,16 +235,10 @@ def poly_relu_backward(
     """(dx, d_up or None, dweight, dbias) of PolyReLU."""
     weight, bias = coefficients_on(x, weight, bias)
     r = weight.numel()
-    x2 = as_rows(x)
-    m, n = x2.shape
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dup = torch.empty(up.shape, dtype=up.dtype, device=up.device) if up is not None else None
-    if m == 0:
-        return (dx, dup, *_zero_coefficient_grads(weight, bias))
-    g2 = as_rows(grad)
-    up2 = as_rows(up) if up is not None else x2
-    dx2 = dx.view(m, n)
-    dup2 = dup.view(m, n) if dup is not None else dx2
+    b = _BackwardBuffers(grad, x, up)
+    if b.m == 0:
+        return (b.dx, b.dup, *_zero_coefficient_grads(weight, bias))
+    x2, g2, up2, dx2, dup2, m, n = b.x2, b.g2, b.up2, b.dx2, b.dup2, b.m, b.n
     launch = config.elementwise_launch(m, n)
     part = torch.empty(
         (launch.grid[0] * launch.grid[1], r + 1), dtype=config.accumulator_dtype(x.dtype), device=x.device
@@ -259,4 +267,4 @@ def poly_relu_backward(
             ACC=_tl_acc(x.dtype),
             num_warps=launch.num_warps,
         )
-    return (dx, dup, *_coefficient_grads(part, weight, bias))
+    return (b.dx, b.dup, *_coefficient_grads(part, weight, bias))
