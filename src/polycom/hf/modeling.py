@@ -30,7 +30,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, MoeCausalLMOutputWithPast
 
 from polycom.hf.configuration import PolyComConfig
-from polycom.models.layers import RMSNorm, apply_rope, rope_tables
+from polycom.models.attention import Attention
+from polycom.models.layers import RMSNorm, rope_tables
 from polycom.models.moe import Experts, MoEMLP
 from polycom.modules.mlp import MLP
 from polycom.modules.polycom import _PolyCoefficients
@@ -50,31 +51,17 @@ def rope_for_positions(position_ids: torch.Tensor, head_dim: int, theta: float) 
     return cos.view(B, 1, T, head_dim), sin.view(B, 1, T, head_dim)
 
 
-class PolyComAttention(nn.Module):
-    """Causal (grouped-query) self-attention with RoPE, optional QK-norm and a transformers `Cache`.
-
-    Same parameters and math as `polycom.models.Attention`; x (B, T, d) -> (B, T, d).
+class PolyComAttention(Attention):
+    """The harness attention (`polycom.models.Attention`: same parameters, projections, RoPE and SDPA)
+    with a transformers `Cache` and the 4-D padding/causal mask built by `PolyComModel`.
+    x (B, T, d) -> (B, T, d).
     """
 
     def __init__(self, config: PolyComConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.n_heads = config.num_attention_heads
-        self.n_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        d, hd = config.hidden_size, config.head_dim
-        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
+        super().__init__(config.to_model_config(), layer_idx)
         self.o_proj._polycom_output_proj = True  # scaled init (see PolyComPreTrainedModel._init_weights)
-        if config.qk_norm:
-            self.q_norm = RMSNorm(self.n_heads * hd, config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.n_kv_heads * hd, config.rms_norm_eps)
-        else:
-            self.q_norm = self.k_norm = None
 
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         x: torch.Tensor,
         cos: torch.Tensor,
@@ -82,27 +69,11 @@ class PolyComAttention(nn.Module):
         mask: torch.Tensor | None,
         cache: Cache | None,
     ) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.project_qkv(x, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        if self.n_kv_heads != self.n_heads:
-            repeat = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(repeat, dim=1)
-            v = v.repeat_interleave(repeat, dim=1)
-        if mask is None:
-            # no padding, no past: the plain causal path, as the harness model
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
-        return self.o_proj(out)
+        # no padding mask and no past: the plain causal path, as the harness model
+        return self.attend(q, k, v, mask, causal=mask is None)
 
 
 class PolyComDecoderLayer(GradientCheckpointingLayer):

@@ -80,9 +80,10 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
-    ) -> torch.Tensor:
+    def project_qkv(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, d) -> q (B, H, T, hd), k and v (B, H_kv, T, hd); RoPE applied to q and k."""
         B, T, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
@@ -90,25 +91,42 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-        past = 0
-        if cache is not None:
-            past = cache.length
-            k, v = cache.update(self.layer_idx, k, v)
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+    ) -> torch.Tensor:
+        """SDPA of q (B, H, T, hd) over k, v (B, H_kv, S, hd), then o_proj -> (B, T, d).
+
+        causal: plain causal mask (no past, no padding); else `mask` (bool, True = attend) or None
+        (every query sees every key, e.g. one new token over a cache).
+        """
         if self.n_kv_heads != self.n_heads:
             # Repeat each key/value head for its group of query heads (portable on every SDPA backend).
             repeat = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(repeat, dim=1)
             v = v.repeat_interleave(repeat, dim=1)
-        if past == 0:
+        if causal:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:
-            out = F.scaled_dot_product_attention(q, k, v)  # one new query sees every cached position
         else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        B, _, T, _ = q.shape
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.o_proj(out)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        q, k, v = self.project_qkv(x, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer_idx, k, v)
+        T = q.shape[2]
+        mask = None
+        if past > 0 and T > 1:
             # New queries at positions past..past+T-1 see keys up to and including their own position.
             qpos = torch.arange(past, past + T, device=x.device)[:, None]
             kpos = torch.arange(past + T, device=x.device)[None, :]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=kpos <= qpos)
-        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
-        return self.o_proj(out)
+            mask = kpos <= qpos
+        return self.attend(q, k, v, mask, causal=past == 0)
