@@ -31,19 +31,8 @@ from torch.utils.checkpoint import checkpoint
 from polycom.models.config import ModelConfig
 from polycom.models.presets import get_preset
 from polycom.models.transformer import build_model
+from polycom.utils.hardware import peak_flops
 from polycom.utils.provenance import git_commit, versions
-
-# Dense bf16 tensor-core peak FLOP/s per GPU (no sparsity), matched on the device name (first hit wins).
-PEAK_BF16_FLOPS: list[tuple[str, float]] = [
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),  # SXM
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("A10G", 70e12),
-]
 
 DEFAULT_ACTIVATIONS = ("swiglu", "gelu", "relu2", "polyrelu", "polynorm")
 BASELINE = "swiglu"
@@ -95,16 +84,6 @@ def card_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"CPU {cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def peak_flops_for(card: str, device: torch.device) -> float | None:
-    """Dense bf16 peak of `card`, None on CPU or an unknown card."""
-    if device.type != "cuda":
-        return None
-    for key, value in PEAK_BF16_FLOPS:
-        if key.lower() in card.lower():
-            return value
-    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,7 +177,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] | Non
         os.environ["POLYCOM_BACKEND"] = settings.backend
     try:
         card = card_name(device)
-        peak = settings.peak_flops or peak_flops_for(card, device)
+        peak = settings.peak_flops or peak_flops(device, torch.bfloat16, card=card)
         header = {
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "commit": git_commit(),
