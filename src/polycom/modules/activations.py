@@ -110,3 +110,7 @@ register_activation("swiglu", SwiGLU, gated=True, description="silu(gate) * up")
 register_activation("geglu", GeGLU, gated=True, description="gelu(gate) * up")
 register_activation("polyrelu_glu", PolyReLUGated, gated=True, description="PolyReLU(gate) * up")
 register_activation("polynorm_glu", PolyNormGated, gated=True, description="PolyNorm(gate) * up")
+
+# What `polycom compare` and `polycom bench model` measure by default: the dense activations of the
+# paper's 1B comparison (SwiGLU, GELU, ReLU, squared ReLU) and its two PolyCom activations.
+DEFAULT_ACTIVATIONS = ("swiglu", "gelu", "relu", "relu2", "polyrelu", "polynorm")
