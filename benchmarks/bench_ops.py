@@ -764,8 +764,8 @@ def static_resources(shapes, dtypes, ops, order: int, sms: int) -> list[dict]:
 
 
 def _prepare_device(cfg: BenchConfig) -> None:
-    from polycom.backend import triton_available
     from polycom.errors import UserError
+    from polycom.ops.backend import triton_available
 
     if "polycom" in cfg.providers and not triton_available():
         print("Triton is not installed: the polycom provider is skipped (pip install polycom[triton])", flush=True)

@@ -7,7 +7,6 @@ Layers: `polycom.ops` (functional ops + backend dispatch) -> `polycom.modules` (
 activation registry, MLP) -> `polycom.models` -> `polycom.train` / `polycom.eval` -> `polycom.cli`.
 """
 
-from polycom.backend import use_backend
 from polycom.modules import (
     MLP,
     GeGLU,
@@ -27,6 +26,7 @@ from polycom.modules import (
     register_activation,
 )
 from polycom.ops import poly_norm, poly_norm_gated, poly_relu, poly_relu_gated
+from polycom.ops.backend import use_backend
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import polycom
-from polycom import backend
+from polycom.ops import backend
 
 
 def test_unknown_backend_value_is_rejected(monkeypatch):

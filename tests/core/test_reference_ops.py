@@ -120,6 +120,22 @@ def test_fp64_input_computes_in_fp64():
     torch.testing.assert_close(out, poly_norm_fp64(x, w, b), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        (torch.float64, torch.float64),
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float32),
+    ],
+)
+def test_compute_dtype_rule(dtype, expected):
+    """One rule for every implementation (reference, Triton, tensor parallel): fp64 stays, the rest fp32."""
+    from polycom.ops.dtypes import compute_dtype
+
+    assert compute_dtype(dtype) == expected
+
+
 @pytest.mark.parametrize("r", [1, 3])
 def test_gradcheck_plain(r):
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)

@@ -48,7 +48,7 @@ def tp_polynorm_worker(rank: int, world_size: int, cases: list[dict]) -> list[di
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     from polycom.distributed import ParallelConfig, init_distributed
-    from polycom.distributed import tensor_parallel_polynorm as tpn
+    from polycom.ops import tensor_parallel as tpn
 
     ctx = init_distributed(ParallelConfig(tp=world_size, timeout_s=60))
     mesh = ctx.tp_mesh
@@ -402,7 +402,7 @@ def public_api_worker(rank: int, world_size: int, seed: int) -> dict:
 
     import polycom
     from polycom.distributed import ParallelConfig, init_distributed
-    from polycom.distributed import tensor_parallel_polynorm as tpn
+    from polycom.ops import tensor_parallel as tpn
 
     ctx = init_distributed(ParallelConfig(tp=world_size, timeout_s=60))
     mesh = ctx.tp_mesh

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import polycom
-import polycom.backend
+import polycom.ops.backend
 from polycom.ops import reference
 from polycom.ops.triton import launch, ops
 
@@ -165,7 +165,7 @@ def test_auto_backend_uses_reference_for_cpu_tensors(kernel_calls):
 
 
 def test_missing_triton_auto_falls_back_and_triton_raises(monkeypatch, kernel_calls):
-    monkeypatch.setattr(polycom.backend, "triton_available", lambda: False)
+    monkeypatch.setattr(polycom.ops.backend, "triton_available", lambda: False)
     x = torch.randn(4, 16)
     w, b = _coefficients()
     with polycom.use_backend("auto"):

@@ -18,8 +18,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from polycom import __version__
-    from polycom.backend import requested_backend, triton_available
     from polycom.modules import activation_spec, mlp_param_table
+    from polycom.ops.backend import requested_backend, triton_available
 
     console = Console()
     console.print(

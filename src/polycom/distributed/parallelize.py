@@ -5,7 +5,7 @@ Order (each step sees the previous one's parameters):
    module q/k/v_proj are column-wise (each rank holds n_heads / tp heads) and o_proj row-wise; in
    every dense MLP gate_proj/up_proj are column-wise and down_proj row-wise. The column-wise MLP
    outputs stay DTensors sharded on the hidden dim, so the activation receives a Shard(-1) DTensor:
-   PolyNorm then all-reduces its per-row sums (`polycom.distributed.tensor_parallel_polynorm`) and
+   PolyNorm then all-reduces its per-row sums (`polycom.ops.tensor_parallel`) and
    the elementwise activations (PolyReLU, SiLU, GELU, ...) need no communication. The activation's
    coefficients become replicated DTensors on the TP mesh, so their gradients are reduced correctly.
    Embedding, norms, lm_head and MoE layers stay replicated over the TP group.

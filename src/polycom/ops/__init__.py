@@ -1,8 +1,9 @@
 """Functional PolyCom ops: the public entry points and the backend dispatch point.
 
 Every public op validates its arguments, then runs the implementation chosen by
-`polycom.backend.backend_for` (``torch`` = `polycom.ops.reference`; ``triton`` = the fused kernels in
-`polycom.ops.triton`, which expose functions with the same names and signatures).
+`polycom.ops.backend.backend_for` (``torch`` = `polycom.ops.reference`; ``triton`` = the fused kernels in
+`polycom.ops.triton`, which expose functions with the same names and signatures). DTensor inputs
+(tensor parallel) take the exact all-reduced path of `polycom.ops.tensor_parallel`.
 
 Coefficient order (official PolyCom code): ``weight[0]`` multiplies the highest power x**r and
 ``weight[r-1]`` multiplies x; ``bias`` (shape (1,)) is the constant term.
@@ -14,13 +15,13 @@ import types
 
 import torch
 
-from polycom.backend import backend_for
 from polycom.ops import reference
+from polycom.ops.backend import backend_for
 from polycom.ops.validation import check_activation_input, check_coefficients, check_eps, check_gate_up
 
 __all__ = ["poly_norm", "poly_relu", "poly_norm_gated", "poly_relu_gated"]
 
-try:  # DTensor inputs (tensor parallel) take the exact all-reduced path in polycom.distributed
+try:  # DTensor inputs (tensor parallel) take the exact all-reduced path in polycom.ops.tensor_parallel
     from torch.distributed.tensor import DTensor as _DTensor
 except ImportError:  # torch built without distributed support
     _DTensor = None
@@ -63,7 +64,7 @@ def poly_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: fl
     check_coefficients(weight, bias)
     check_eps(eps)
     if _is_dtensor(x):  # normalise over the full (sharded) row, not per shard
-        from polycom.distributed.tensor_parallel_polynorm import poly_norm_dtensor
+        from polycom.ops.tensor_parallel import poly_norm_dtensor
 
         return poly_norm_dtensor(x, weight, bias, eps)
     return _impl(x).poly_norm(x, weight, bias, eps)
@@ -92,7 +93,7 @@ def poly_norm_gated(
     check_coefficients(weight, bias)
     check_eps(eps)
     if _is_dtensor(gate):
-        from polycom.distributed.tensor_parallel_polynorm import poly_norm_gated_dtensor
+        from polycom.ops.tensor_parallel import poly_norm_gated_dtensor
 
         return poly_norm_gated_dtensor(gate, up, weight, bias, eps)
     return _impl(gate).poly_norm_gated(gate, up, weight, bias, eps)

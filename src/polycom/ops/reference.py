@@ -2,7 +2,7 @@
 
 These are the CPU path, the test oracle and the benchmark baseline. They follow the official
 PolyCom code (coefficient order: ``weight[0]`` multiplies the highest power) and the project's
-numerics contract: upcast once to fp32 (fp64 for fp64 inputs), compute and reduce there, cast the
+numerics contract (`polycom.ops.dtypes.compute_dtype`): upcast once to fp32 (fp64 for fp64 inputs), compute and reduce there, cast the
 result to the input dtype once. Gradients come from autograd.
 
 Shapes: ``x``/``gate``/``up`` are (..., h); ``weight`` is (r,); ``bias`` is (1,). Inputs are
@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 stays fp64; every other floating dtype computes in fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from polycom.ops.dtypes import compute_dtype
 
 
 def _poly_norm_math(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:

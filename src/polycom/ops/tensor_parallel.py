@@ -27,7 +27,8 @@ group and must NOT be reduced again over the group):
 This is choice (a) of docs/kernel-design.md "Tensor parallel": no double counting whether the
 coefficients are plain tensors (each rank holds a full copy) or replicated DTensors.
 
-All math is in fp32 (fp64 for fp64 input) with one final cast, like `polycom.ops.reference`.
+All math is in `polycom.ops.dtypes.compute_dtype` (fp32; fp64 for fp64 input) with one final cast, like
+`polycom.ops.reference`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
 from polycom.ops import reference
+from polycom.ops.dtypes import compute_dtype
 
 __all__ = [
     "is_dtensor",
@@ -70,10 +72,6 @@ def tp_shard_group(x: DTensor) -> dist.ProcessGroup | None:
     if len(shard_dims) != 1:
         return None
     return x.device_mesh.get_group(shard_dims[0])
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return reference.compute_dtype(dtype)
 
 
 def _as_plain(t: torch.Tensor) -> torch.Tensor:
@@ -141,7 +139,7 @@ class _TPPolyNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, width, group):  # type: ignore[override]
-        cd = _compute_dtype(x.dtype)
+        cd = compute_dtype(x.dtype)
         xc, wc = x.to(cd), weight.to(cd)
         y, inv = _forward_core(xc, wc, bias.to(cd), eps, width, group)
         ctx.save_for_backward(x, weight, inv)
@@ -161,7 +159,7 @@ class _TPPolyNormGated(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gate, up, weight, bias, eps, width, group):  # type: ignore[override]
-        cd = _compute_dtype(gate.dtype)
+        cd = compute_dtype(gate.dtype)
         gc, wc = gate.to(cd), weight.to(cd)
         bc = bias.to(cd)
         pn, inv = _forward_core(gc, wc, bc, eps, width, group)

@@ -1,6 +1,6 @@
 """Fused Triton kernels for PolyNorm and PolyReLU (plain and gated), forward and backward.
 
-`polycom.ops` dispatches here when the backend is ``triton`` (see `polycom.backend`). The four
+`polycom.ops` dispatches here when the backend is ``triton`` (see `polycom.ops.backend`). The four
 functions below take already-validated arguments (same names and signatures as the reference in
 `polycom.ops.reference`) and are autograd-capable through the ``polycom::*`` custom ops of
 `polycom.ops.triton.ops`, so they also work under ``torch.compile(fullgraph=True)``.

@@ -121,8 +121,3 @@ def num_sms(device: torch.device) -> int:
 @functools.cache
 def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 inputs compute in fp64, every other dtype in fp32 (same contract as the reference)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from polycom.ops.dtypes import compute_dtype
 from polycom.ops.triton import config
 from polycom.ops.triton.partials_kernel import coefficient_grads_kernel
 from polycom.ops.triton.polynorm_kernels import poly_norm_bwd_kernel, poly_norm_fwd_kernel
@@ -45,7 +46,7 @@ def coefficients_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
 
 
 def _tl_acc(dtype: torch.dtype) -> tl.dtype:
-    return tl.float64 if config.accumulator_dtype(dtype) == torch.float64 else tl.float32
+    return tl.float64 if compute_dtype(dtype) == torch.float64 else tl.float32
 
 
 def _device_guard(t: torch.Tensor):
@@ -112,7 +113,7 @@ def poly_norm_forward(
     x2 = as_rows(x)
     m, n = x2.shape
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    rstd = torch.empty((m, r), dtype=config.accumulator_dtype(x.dtype), device=x.device)
+    rstd = torch.empty((m, r), dtype=compute_dtype(x.dtype), device=x.device)
     if m == 0:
         return y, rstd
     up2 = as_rows(up) if up is not None else x2
@@ -240,9 +241,7 @@ def poly_relu_backward(
         return (b.dx, b.dup, *_zero_coefficient_grads(weight, bias))
     x2, g2, up2, dx2, dup2, m, n = b.x2, b.g2, b.up2, b.dx2, b.dup2, b.m, b.n
     launch = config.elementwise_launch(m, n)
-    part = torch.empty(
-        (launch.grid[0] * launch.grid[1], r + 1), dtype=config.accumulator_dtype(x.dtype), device=x.device
-    )
+    part = torch.empty((launch.grid[0] * launch.grid[1], r + 1), dtype=compute_dtype(x.dtype), device=x.device)
     with _device_guard(x):
         poly_relu_bwd_kernel[launch.grid](
             g2,

@@ -23,7 +23,8 @@ compute dtype inside the kernel, so it never promotes the math to fp64 under com
 import torch
 from torch import Tensor
 
-from polycom.ops.triton import config, launch
+from polycom.ops.dtypes import compute_dtype
+from polycom.ops.triton import launch
 
 _EMPTY_SHAPE = (0,)
 
@@ -50,7 +51,7 @@ def poly_norm_fwd(x: Tensor, up: Tensor | None, weight: Tensor, bias: Tensor, ep
 
 @poly_norm_fwd.register_fake
 def _poly_norm_fwd_fake(x, up, weight, bias, eps):
-    rstd = x.new_empty((_rows(x), weight.shape[0]), dtype=config.accumulator_dtype(x.dtype))
+    rstd = x.new_empty((_rows(x), weight.shape[0]), dtype=compute_dtype(x.dtype))
     return x.new_empty(x.shape), rstd
 
 
