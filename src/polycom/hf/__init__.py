@@ -13,8 +13,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from polycom.hf.activations import register_transformers_activations
 from polycom.hf.configuration import PolyComConfig
-from polycom.hf.convert import ConversionReport, MLPChange, convert, find_mlps, load_converted
+from polycom.hf.convert import ConversionReport, MLPChange, convert, find_mlps
 from polycom.hf.modeling import PolyComForCausalLM, PolyComModel, PolyComPreTrainedModel
+from polycom.hf.persistence import load_converted
 
 register_transformers_activations()
 AutoConfig.register(PolyComConfig.model_type, PolyComConfig, exist_ok=True)

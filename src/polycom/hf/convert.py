@@ -1,39 +1,42 @@
 """Put PolyCom activations into an existing transformers model: ``convert(model, activation, mode)``.
 
-MLPs are found by structure (`polycom.hf.mlp_finder`). Modes:
+MLPs are found by structure (`polycom.hf.mlp_finder`): gated (Llama family), plain (GPT family),
+fused gate_up (Phi-3) and stacked MoE experts (transformers 5 OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE).
+Modes:
 
 * ``replace``: swap the activation module of every MLP in place, keeping all weights. A gated MLP
-  then computes ``down(Poly(gate(x)) * up(x))`` (the gated PolyCom form), a plain one
-  ``fc2(Poly(fc1(x)))``. Each MLP gets its own coefficients (per layer, as in the paper).
+  (separate or fused gate/up, or gated experts) then computes ``down(Poly(gate(x)) * up(x))`` (the
+  gated PolyCom form), a plain one ``fc2(Poly(fc1(x)))``. Each MLP gets its own coefficients (per
+  layer, as in the paper); a block of stacked experts gets one coefficient set shared by its experts
+  (the paper's MoE design: the official OLMoE code installs one activation per block), or one per
+  expert with ``per_expert=True`` (then the block becomes a `polycom.hf.experts.StackedExperts`
+  holding the same weight tensors).
 * ``ungated``: rewrite every gated MLP into a plain PolyCom MLP ``down(Poly(up(x)))`` at the
   parameter-matched width h' = 3h/2 (3 d h gated weights = 2 d h' plain weights), with fresh
-  weights (normal, std = config.initializer_range) for pretraining from scratch. Plain MLPs only get
-  their activation swapped, as in ``replace``.
+  weights (normal, std = config.initializer_range) for pretraining from scratch. Stacked gated
+  experts become plain stacked experts ``up_proj`` (E, h', d), ``down_proj`` (E, d, h') (same
+  parameter count, still one stacked tensor pair, so transformers' fast expert paths still apply).
+  Plain MLPs only get their activation swapped, as in ``replace``.
 
-The conversion is recorded in the model's config so that it can be saved and reloaded; see
+The router, shared-expert gates, attention and norms are never touched. The conversion is recorded in
+the model's config (`polycom.hf.conversion_record`) so that it can be saved and reloaded; see
 `polycom.hf.persistence` (plain ``from_pretrained`` where the config can express it, else
 `load_converted`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from polycom.errors import UserError
 from polycom.hf.activations import POLYCOM_HF_ACTIVATIONS, register_transformers_activations
+from polycom.hf.conversion_record import CONVERSION_KEY, DEFAULT_EPS, DEFAULT_ORDER, record_conversion
+from polycom.hf.experts import StackedExperts
 from polycom.hf.mlp_finder import FoundMLP, find_mlps
-from polycom.hf.persistence import (
-    CONVERSION_KEY,
-    DEFAULT_EPS,
-    DEFAULT_ORDER,
-    load_converted,
-    load_model_folder,
-    record_conversion,
-    save_converted,
-)
+from polycom.hf.report import ConversionReport, MLPChange
 from polycom.modules.mlp import MLP
 from polycom.modules.polycom import PolyNorm, PolyNormGated, PolyReLU, PolyReLUGated
 
@@ -46,74 +49,18 @@ __all__ = [
     "MLPChange",
     "convert",
     "find_mlps",
-    "load_converted",
-    "load_model_folder",
     "matched_plain_width",
-    "save_converted",
 ]
 
 
-@dataclass
-class MLPChange:
-    """One MLP that `convert` changed."""
-
-    name: str  # module path, e.g. "model.layers.0.mlp"
-    kind: str  # "gated" or "plain" (the structure found)
-    action: str  # "activation replaced" or "rewritten as plain PolyCom MLP"
-    old_activation: str  # class name of the activation it had
-    activation_attr: str  # attribute that held it (e.g. "act_fn", "act")
-    d_model: int
-    hidden_before: int
-    hidden_after: int
-    params_before: int
-    params_after: int
-
-
-@dataclass
-class ConversionReport:
-    """What `convert` did: per-MLP changes and whole-model parameter counts."""
+@dataclass(frozen=True)
+class _ActivationSpec:
+    """What to build for every MLP: activation name, order, eps, one coefficient set per expert or not."""
 
     activation: str
-    mode: str
     order: int
-    changes: list[MLPChange] = field(default_factory=list)
-    params_before: int = 0
-    params_after: int = 0
-    config_activation_field: str | None = None  # config field naming the MLP activation, if found
-    auto_loadable: bool = False  # True: AutoModelForCausalLM.from_pretrained rebuilds it (after import polycom.hf)
-
-    @property
-    def num_changed(self) -> int:
-        return len(self.changes)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "num_changed": self.num_changed}
-
-    def to_markdown(self) -> str:
-        lines = [
-            f"PolyCom conversion: activation={self.activation} (order {self.order}), mode={self.mode}",
-            "",
-            "| module | structure | was | action | hidden before -> after | params before -> after |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in self.changes:
-            lines.append(
-                f"| {c.name} | {c.kind} | {c.old_activation} | {c.action} | {c.hidden_before} -> {c.hidden_after} "
-                f"| {c.params_before:,} -> {c.params_after:,} |"
-            )
-        delta = self.params_after - self.params_before
-        lines += [
-            "",
-            f"{self.num_changed} MLPs changed; model parameters {self.params_before:,} -> {self.params_after:,} "
-            f"({delta:+,})",
-            "reload with "
-            + (
-                "AutoModelForCausalLM.from_pretrained (after `import polycom.hf`)"
-                if self.auto_loadable
-                else "polycom.hf.load_converted(path)"
-            ),
-        ]
-        return "\n".join(lines)
+    eps: float
+    per_expert: bool
 
 
 def _build_activation(activation: str, order: int, eps: float, gated_call: bool = False) -> nn.Module:
@@ -161,6 +108,71 @@ def _ungated_mlp(found: FoundMLP, act: nn.Module, std: float) -> MLP:
     return new
 
 
+def _new_activation(found: FoundMLP, spec: _ActivationSpec, gated_call: bool = False) -> nn.Module:
+    """The PolyCom module(s) for one block: one module, or an nn.ModuleList with one per expert."""
+    ref = next(iter(found.module.parameters()), None)
+    device = ref.device if ref is not None else None  # coefficients stay fp32 (the ops compute in fp32)
+    if found.is_experts and spec.per_expert:
+        return nn.ModuleList(
+            _build_activation(spec.activation, spec.order, spec.eps).to(device=device) for _ in range(found.num_experts)
+        )
+    return _build_activation(spec.activation, spec.order, spec.eps, gated_call=gated_call).to(device=device)
+
+
+def _convert_dense(model: nn.Module, found: FoundMLP, spec: _ActivationSpec, mode: str) -> tuple[str, int, int]:
+    """Swap the activation or (ungated, gated MLP) rewrite the MLP; returns (action, hidden after, params after)."""
+    mlp = found.module
+    if mode == "ungated" and found.is_gated:
+        new_mlp = _ungated_mlp(found, _new_activation(found, spec), _init_std(model))
+        _set_submodule(model, found.name, new_mlp)
+        return "rewritten as plain PolyCom MLP", new_mlp.hidden_size, _num_params(new_mlp)
+    # polycom's own gated MLPs call act(gate, up): a swapped-in activation must take both
+    gated_call = bool(getattr(getattr(mlp, found.act_attr), "gated", False))
+    setattr(mlp, found.act_attr, _new_activation(found, spec, gated_call=gated_call))
+    return "activation replaced", found.hidden, _num_params(mlp)
+
+
+def _convert_experts(model: nn.Module, found: FoundMLP, spec: _ActivationSpec, mode: str) -> tuple[str, int, int]:
+    """Stacked experts: swap the shared activation, or build a `StackedExperts` (per-expert / ungated)."""
+    module = found.module
+    act = _new_activation(found, spec)
+    rewrite = mode == "ungated" and found.is_gated
+    if not rewrite and not spec.per_expert:
+        setattr(module, found.act_attr, act)  # the stock experts class keeps its fast stacked paths
+        return "activation replaced", found.hidden, _num_params(module)
+    config = getattr(module, "config", None) or getattr(model, "config", None)
+    if rewrite:
+        new = _ungated_experts(found, act, _init_std(model), config)
+        action = "rewritten as plain PolyCom experts"
+    else:
+        _check_stock_layout(found)
+        in_name, out_name = found.linears
+        new = StackedExperts(
+            config, getattr(module, in_name), getattr(module, out_name), act, gated=found.kind == "experts"
+        )
+        action = "activation replaced (per-expert coefficients)"
+    _set_submodule(model, found.name, new)
+    return action, new.intermediate_dim, _num_params(new)
+
+
+def _check_stock_layout(found: FoundMLP) -> None:
+    module = found.module
+    if getattr(module, "is_transposed", False) or not getattr(module, "is_concatenated", True):
+        raise UserError(
+            f"{found.name}: per-expert coefficients need experts stored as (E, 2h, d) with gate and up concatenated; "
+            "this block uses another layout: convert with shared coefficients (per_expert=False)"
+        )
+
+
+def _ungated_experts(found: FoundMLP, act: nn.Module, std: float, config) -> StackedExperts:
+    """Plain PolyCom experts replacing gated ones: per-expert width 3h/2, fresh normal(0, std) stacked weights."""
+    ref = next(iter(found.module.parameters()))
+    e, d, h = found.num_experts, found.d_model, matched_plain_width(found.hidden)
+    up = nn.Parameter(torch.empty(e, h, d, device=ref.device, dtype=ref.dtype).normal_(0.0, std))
+    down = nn.Parameter(torch.empty(e, d, h, device=ref.device, dtype=ref.dtype).normal_(0.0, std))
+    return StackedExperts(config, up, down, act, gated=False)
+
+
 def convert(
     model: nn.Module,
     activation: str = "polynorm",
@@ -168,46 +180,35 @@ def convert(
     *,
     order: int = DEFAULT_ORDER,
     eps: float | None = None,
+    per_expert: bool = False,
 ) -> ConversionReport:
     """Convert every MLP of `model` in place to PolyCom (`activation` "polynorm" or "polyrelu").
 
-    Returns a `ConversionReport`. Raises ValueError for an unknown activation or mode and
-    `UserError` when the model has no recognisable MLP. See the module docstring for the modes and
-    for how the converted model is saved and reloaded.
+    Stacked MoE experts get one coefficient set per expert block, shared by its experts (the paper's
+    design), or one per expert with ``per_expert=True``. Returns a `ConversionReport`. Raises
+    ValueError for an unknown activation or mode and `UserError` when the model has no recognisable
+    MLP. See the module docstring for the modes and for how the converted model is saved and reloaded.
     """
     activation, mode = _check_args(activation, mode, order, eps)
-    eps_value = DEFAULT_EPS if eps is None else float(eps)
+    spec = _ActivationSpec(activation, order, DEFAULT_EPS if eps is None else float(eps), bool(per_expert))
     register_transformers_activations()
     mlps = find_mlps(model)
     if not mlps:
         raise UserError(
             f"no recognisable MLP in {type(model).__name__}: expected modules holding gate/up/down linear layers "
-            "and an activation (Llama family) or two linear layers d->h, h->d around an activation (GPT family)"
+            "and an activation (Llama family), a fused gate_up and a down layer (Phi-3), two linear layers "
+            "d->h, h->d around an activation (GPT family), or stacked MoE experts (E, 2h, d) / (E, d, h)"
         )
-    report = ConversionReport(activation=activation, mode=mode, order=order, params_before=_num_params(model))
-    std = _init_std(model)
+    report = ConversionReport(
+        activation=activation, mode=mode, order=order, per_expert=spec.per_expert, params_before=_num_params(model)
+    )
     for found in mlps:
-        mlp = found.module
-        old_act = getattr(mlp, found.act_attr)
-        params_before = _num_params(mlp)
-        rewrite = mode == "ungated" and found.kind == "gated"
-        # polycom's own gated MLPs call act(gate, up): a swapped-in activation must take both
-        gated_call = not rewrite and bool(getattr(old_act, "gated", False))
-        new_act = _build_activation(activation, order, eps_value, gated_call=gated_call)
-        ref = next(iter(mlp.parameters()), None)
-        if ref is not None:
-            new_act = new_act.to(device=ref.device)  # coefficients stay fp32 (the ops compute in fp32)
-        if rewrite:
-            new_mlp = _ungated_mlp(found, new_act, std)
-            _set_submodule(model, found.name, new_mlp)
-            action, hidden_after, params_after = (
-                "rewritten as plain PolyCom MLP",
-                new_mlp.hidden_size,
-                _num_params(new_mlp),
-            )
+        old_act = getattr(found.module, found.act_attr)
+        params_before = _num_params(found.module)
+        if found.is_experts:
+            action, hidden_after, params_after = _convert_experts(model, found, spec, mode)
         else:
-            setattr(mlp, found.act_attr, new_act)
-            action, hidden_after, params_after = "activation replaced", found.hidden, _num_params(mlp)
+            action, hidden_after, params_after = _convert_dense(model, found, spec, mode)
         report.changes.append(
             MLPChange(
                 name=found.name,
@@ -220,10 +221,12 @@ def convert(
                 hidden_after=hidden_after,
                 params_before=params_before,
                 params_after=params_after,
+                num_experts=found.num_experts,
+                coefficient_sets=found.num_experts if found.is_experts and spec.per_expert else 1,
             )
         )
     report.params_after = _num_params(model)
-    record_conversion(model, report, eps_value)
+    record_conversion(model, report, spec.eps)
     return report
 
 
