@@ -3,7 +3,7 @@
 A folder is a harness run when it has ``run.json`` or ``checkpoints/`` (loaded with
 `polycom.train.checkpoint.load_run_model`, which raises UserError for a folder without a
 checkpoint), and a Hugging Face folder when it has ``config.json`` with a ``model_type`` (loaded with
-`polycom.hf.convert.load_model_folder` after ``import polycom.hf`` registers the PolyCom classes).
+`polycom.hf.persistence.load_model_folder` after ``import polycom.hf`` registers the PolyCom classes).
 
 Validation tokens, first match wins: ``--data DIR`` (a prepared data folder: its ``val`` split);
 ``--text FILE`` (encoded with the model's tokenizer); the run's own prepared data folder (``data.folder``
@@ -75,7 +75,7 @@ def load_analysis_model(path: str | Path, label: str | None = None, device: str 
             raise UserError(f"{cfg_path} is not valid JSON: {exc}") from None
         if "model_type" in hf_config:
             import polycom.hf  # noqa: F401  (registers the PolyCom classes with transformers' Auto*)
-            from polycom.hf.convert import load_model_folder
+            from polycom.hf.persistence import load_model_folder
 
             model, tokenizer = load_model_folder(folder)
             return LoadedModel(label, "hf", str(folder), model.to(device).eval(), tokenizer, {"hf_config": hf_config})
