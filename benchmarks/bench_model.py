@@ -1,10 +1,4 @@
-"""Training-step benchmark of the LM per activation; same options as `polycom bench model`.
-
-    python benchmarks/bench_model.py --quick          # anchor config on a GPU, ~1-2 minutes
-    python benchmarks/bench_model.py --help
-
-Rows are appended to benchmarks/results/bench_model.jsonl (card, versions, commit, date, numbers).
-"""
+"""`python benchmarks/bench_model.py ARGS` = `polycom bench model ARGS` (engine: polycom.bench.model)."""
 
 import sys
 

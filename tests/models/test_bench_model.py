@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 import torch
 
+from polycom.bench.model import CSV_FIELDS
+from polycom.bench.rows import append_rows
 from polycom.cli import main
-from polycom.models.benchmark import append_rows
 
 TINY = ["bench", "model", "--device", "cpu", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16"]
-FAST = ["--steps", "1", "--warmup", "0", "--set", "n_layers=1"]
+FAST = ["--steps", "1", "--warmup", "0", "--model.n_layers=1"]
 
 
 def test_cpu_run_appends_rows_with_metadata(tmp_path, capsys):
@@ -25,14 +27,18 @@ def test_cpu_run_appends_rows_with_metadata(tmp_path, capsys):
     rows = [json.loads(line) for line in lines[1:]]
     assert [r["activation"] for r in rows] == ["swiglu", "polynorm"]  # baseline first
     for r in rows:
-        assert r["card"].startswith("CPU") and r["date"] and r["versions"]["torch"] == torch.__version__
-        assert "commit" in r and r["preset"] == "tiny" and r["overrides"] == {"n_layers": 1}
+        assert r["card"].startswith("CPU") and r["date"] and r["torch"] == torch.__version__
+        assert r["git_commit"] and r["preset"] == "tiny" and r["overrides"] == {"n_layers": 1}
         assert r["step_ms"] > 0 and r["tokens_per_s"] == pytest.approx(2 * 16 / (r["step_ms"] / 1e3))
         assert r["mfu"] is None and r["peak_mem_gib"] is None  # CPU: n/a
     assert rows[0]["step_vs_swiglu"] == 1.0
     assert rows[1]["params_vs_swiglu"] == pytest.approx(1.0, abs=0.01)
     printed = capsys.readouterr().out
     assert "| polynorm |" in printed and "MFU: n/a (CPU run)" in printed
+    with out.with_suffix(".csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == CSV_FIELDS and [r["activation"] for r in table] == ["swiglu", "polynorm"]
+    assert json.loads(table[1]["overrides"]) == {"n_layers": 1} and table[1]["step_ms"] == str(rows[1]["step_ms"])
 
 
 def test_peak_override_gives_mfu_from_formula(tmp_path, capsys):
@@ -49,9 +55,10 @@ def test_peak_override_gives_mfu_from_formula(tmp_path, capsys):
     "extra, message",
     [
         (["--activations", "swish9"], "unknown activation 'swish9'"),
-        (["--set", "n_layerz=1"], "valid keys"),
-        (["--set", "n_layers"], "KEY=VALUE"),
-        (["--set", "moe.top_k=1"], "not a MoE model"),
+        (["--model.n_layerz=1"], "unknown key model.n_layerz; valid keys"),
+        (["--model.n_layers"], "must look like --section.key=value"),
+        (["--model.moe.top_kk=1"], "unknown key model.moe.top_kk"),
+        (["--train.steps=3"], "--model.* overrides only"),
         (["--preset", "huge"], "unknown model preset"),
         (["--steps", "0"], "steps must be >= 1"),
     ],
@@ -74,17 +81,21 @@ def test_append_rows_is_atomic_and_keeps_existing(tmp_path):
     path.write_text('{"a": 1}')  # no trailing newline
     append_rows(path, [{"b": 2}])
     assert [json.loads(x) for x in path.read_text().splitlines()] == [{"a": 1}, {"b": 2}]
-    assert [p.name for p in tmp_path.iterdir()] == ["a.jsonl"]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.jsonl"]  # no temp file left, no CSV without columns
+    append_rows(path, [{"b": 3, "c": {"d": 1}, "x": float("inf")}], csv_fields=["b", "c"])
+    assert json.loads(path.read_text().splitlines()[-1]) == {"b": 3, "c": {"d": 1}, "x": None}  # strict JSON
+    assert path.with_suffix(".csv").read_text() == 'b,c\n3,"{""d"": 1}"\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "a.jsonl"]
 
 
 def test_moe_preset_with_checkpointing_and_grouped_mm(tmp_path):
     out = tmp_path / "moe.jsonl"
     args = ["bench", "model", "--device", "cpu", "--preset", "moe-tiny", "--batch-size", "2", "--seq-len", "16"]
-    args += [*FAST, "--activations", "polynorm", "--set", "moe.grouped_mm=true", "--dtype", "bf16"]
+    args += [*FAST, "--activations", "polynorm", "--model.moe.grouped_mm", "true", "--dtype", "bf16"]
     assert main([*args, "--activation-checkpointing", "--out", str(out)]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["activation"] for r in rows] == ["swiglu", "polynorm"]
     assert all(r["activation_checkpointing"] and r["dtype"] == "bf16" for r in rows)
     assert rows[0]["hidden_size"] == 64 and rows[1]["hidden_size"] == 96  # expert widths, parameter matched
     assert rows[1]["active_params"] < rows[1]["params"]
-    assert rows[0]["overrides"]["moe"]["grouped_mm"] is True
+    assert rows[0]["overrides"] == {"n_layers": 1, "moe": {"grouped_mm": True}}

@@ -1,23 +1,49 @@
-"""`polycom bench ops` harness on CPU: clear refusal without CUDA, CPU smoke run, refusal to time a wrong kernel.
+"""`polycom bench ops` harness on CPU: clear refusal without CUDA, CPU smoke run, refusal to time a wrong kernel,
+the engine importable without the source checkout's benchmarks/ folder.
 
 (Speed numbers need a GPU; here only the harness logic is tested: rows, statistics, traffic model.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from polycom.cli import bench_ops as cli_bench_ops
+from polycom.bench import op_cases, timing
+from polycom.bench.ops import min_bytes
 from polycom.cli import main as polycom_main
 
-script = cli_bench_ops.load_script()
+REPO = Path(__file__).resolve().parents[2]
 
 
-def test_script_is_found_from_the_cli():
-    assert script is not None and cli_bench_ops.SCRIPT.name == "bench_ops.py"
+def test_engine_imports_and_runs_without_the_benchmarks_folder(tmp_path):
+    """An installed wheel has no benchmarks/ folder: the engine must live in the package. A fresh process
+    outside the checkout, with only src/ on the path, runs a tiny CPU case and loads nothing from benchmarks/."""
+    code = (
+        "import sys\n"
+        "from polycom.cli import main\n"
+        "argv = ['bench', 'ops', '--device', 'cpu', '--quick', '--shapes', '4x32', '--ops', 'polynorm',"
+        " '--providers', 'eager', '--modes', 'fwd', '--no-write']\n"
+        "assert main(argv) == 0\n"
+        f"bench_dir = {str(REPO / 'benchmarks')!r}\n"
+        "assert not [p for p in sys.path if p.startswith(bench_dir)], sys.path\n"
+        "loaded = [m for m in list(sys.modules.values()) if (getattr(m, '__file__', None) or '').startswith(bench_dir)]\n"
+        "assert not loaded, loaded\n"
+        "print('bench engine', sys.modules['polycom.bench.ops'].__file__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), TRITON_INTERPRET="1")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "polycom/bench/ops.py" in result.stdout and "4x32 bf16 polynorm eager" in result.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")
@@ -37,13 +63,13 @@ def test_bad_arguments_are_user_errors(capsys):
 
 
 def test_quantiles_and_traffic_model():
-    q = script.quantiles([5.0, 1.0, 2.0, 3.0, 4.0])
+    q = timing.quantiles([5.0, 1.0, 2.0, 3.0, 4.0])
     assert q == {"median_ms": 3.0, "p20_ms": 1.8, "p80_ms": 4.2}
     s = 8 * 16 * 2  # bf16 bytes of one (8, 16) tensor
-    assert script.min_bytes("polynorm", "fwd", 8, 16, torch.bfloat16) == 2 * s
-    assert script.min_bytes("polynorm", "bwd", 8, 16, torch.bfloat16) == 3 * s
-    assert script.min_bytes("polynorm_gated", "fwdbwd", 8, 16, torch.bfloat16) == (3 + 5) * s
-    assert script.min_bytes("swiglu", "fwd", 8, 16, torch.bfloat16) == 3 * s
+    assert min_bytes("polynorm", "fwd", 8, 16, torch.bfloat16) == 2 * s
+    assert min_bytes("polynorm", "bwd", 8, 16, torch.bfloat16) == 3 * s
+    assert min_bytes("polynorm_gated", "fwdbwd", 8, 16, torch.bfloat16) == (3 + 5) * s
+    assert min_bytes("swiglu", "fwd", 8, 16, torch.bfloat16) == 3 * s
 
 
 def test_cpu_smoke_run_appends_rows_and_summarizes(tmp_path, capsys):
@@ -69,13 +95,10 @@ def test_cpu_smoke_run_appends_rows_and_summarizes(tmp_path, capsys):
 
 
 def test_a_wrong_kernel_is_checked_and_never_timed(tmp_path, monkeypatch):
-    right = script._polycom_fn
-
-    def slightly_wrong(op):
-        fn = right(op)
-        return lambda ins, w, b: fn(ins, w, b) * 1.01
-
-    monkeypatch.setattr(script, "_polycom_fn", slightly_wrong)
+    case = op_cases.OP_CASES["polynorm"]
+    right = case.polycom
+    wrong = dataclasses.replace(case, polycom=lambda ins, w, b: right(ins, w, b) * 1.01)
+    monkeypatch.setitem(op_cases.OP_CASES, "polynorm", wrong)
     argv = ["bench", "ops", "--device", "cpu", "--shapes", "4x32", "--dtypes", "fp32", "--ops", "polynorm"]
     argv += ["--providers", "polycom", "--out", str(tmp_path)]
     assert polycom_main(argv) == 1
@@ -90,12 +113,8 @@ def test_a_wrong_kernel_is_checked_and_never_timed(tmp_path, monkeypatch):
 def test_static_compile_for_sm90_has_no_spills():
     """Compiles the kernels for sm_90 without a GPU (fresh process without TRITON_INTERPRET) and checks the
     cubin resource usage: no local memory (spills) for the configurations of a narrow and a wide shape."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, str(cli_bench_ops.SCRIPT), "--static", "--shapes", "64x1000", "32x20000"]
+    cmd = [sys.executable, "-m", "polycom", "bench", "ops", "--static", "--shapes", "64x1000", "32x20000"]
     cmd += ["--dtypes", "bf16", "--ops", "polynorm_gated", "polyrelu"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr

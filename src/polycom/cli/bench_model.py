@@ -4,30 +4,25 @@ Defaults: on a GPU the anchor config of anchor-measurements.md (preset `anchor`:
 16 heads, vocab 32000; batch 16 x 1024, bf16 autocast, fused AdamW); on CPU the `tiny` preset with a
 small batch in fp32 (MFU and memory "n/a"). SwiGLU always runs first as the baseline. Rows (card,
 versions, git commit, date, settings, numbers) are appended to
-benchmarks/results/bench_model.jsonl unless --no-save.
+benchmarks/results/bench_model.jsonl (and .csv beside it) unless --no-save. The model is changed with
+``--model.key=value`` overrides, the grammar of `polycom train`.
 
     polycom bench model --quick                      # ~1-2 min on an H100/H200
     polycom bench model --activations swiglu,polynorm --steps 50 --compile
-    polycom bench model --preset paper-1b --batch-size 4 --seq-len 4096 --set n_layers=4
+    polycom bench model --preset paper-1b --batch-size 4 --seq-len 4096 --model.n_layers=4
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from polycom.errors import UserError
-from polycom.models.benchmark import (
-    DEFAULT_ACTIVATIONS,
-    BenchSettings,
-    append_rows,
-    format_table,
-    run_benchmark,
-)
+from polycom.bench.model import CSV_FIELDS, DEFAULT_ACTIVATIONS, BenchSettings, format_table, run_benchmark
+from polycom.bench.rows import append_rows
 from polycom.models.presets import get_preset
+from polycom.train.cli_overrides import enable_overrides
 
 DEFAULT_OUT = Path("benchmarks/results/bench_model.jsonl")
 
@@ -60,42 +55,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--backend", choices=("auto", "torch", "triton"), help="PolyCom op backend for the run")
     p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s for MFU when the card is not in the table")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model config override, e.g. n_layers=4 or moe.top_k=2 (repeatable)",
-    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON-lines file to append to (default: %(default)s)")
     p.add_argument("--no-save", action="store_true", help="print the table only")
     p.add_argument("--seed", type=int, default=0)
+    enable_overrides(p)  # --model.key=value (e.g. --model.n_layers=4, --model.moe.top_k=2), as in `polycom train`
     p.set_defaults(handler=run)
-
-
-def parse_overrides(items: list[str], preset: str) -> dict:
-    """KEY=VALUE strings -> ModelConfig overrides (values parsed as JSON when possible)."""
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        if key.startswith("moe."):
-            if "moe" not in out:
-                base = get_preset(preset).to_dict()["moe"]
-                if base is None:
-                    raise UserError(f"--set {key}: preset {preset!r} is not a MoE model")
-                out["moe"] = base
-            out["moe"][key[4:]] = value
-        else:
-            out[key] = value
-    return out
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
@@ -121,7 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         activation_checkpointing=args.activation_checkpointing,
         backend=args.backend,
         peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
-        overrides=parse_overrides(args.overrides, preset),
+        overrides=list(args.overrides),
         seed=args.seed,
     )
 
@@ -152,12 +116,12 @@ def run(args: argparse.Namespace) -> int:
         rows = run_benchmark(settings, on_activation)
         progress.advance(task)
     first = rows[0]
-    print(f"card: {first['card']} | torch {first['versions']['torch']} | commit {first['commit']} | {first['date']}")
+    print(f"card: {first['card']} | torch {first['torch']} | commit {first['git_commit']} | {first['date']}")
     print(format_table(rows))
     if first["peak_flops"] is None:
         reason = "CPU run" if settings.device == "cpu" else "card not in the peak table; pass --peak-tflops"
         print(f"MFU: n/a ({reason})")
     if not args.no_save:
-        append_rows(args.out, rows)
-        print(f"appended {len(rows)} rows to {args.out}")
+        append_rows(args.out, rows, CSV_FIELDS)
+        print(f"appended {len(rows)} rows to {args.out} and {args.out.with_suffix('.csv').name}")
     return 0

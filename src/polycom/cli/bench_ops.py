@@ -1,34 +1,61 @@
-"""`polycom bench ops`: the op-level kernel benchmark (runs `benchmarks/bench_ops.py` of the source checkout).
+"""`polycom bench ops`: the op-level kernel benchmark (engine: `polycom.bench.ops`).
 
-The benchmark lives in the repository's ``benchmarks/`` folder (it is a development tool, next to the
-results it appends to); this module loads it by path and exposes its arguments under ``polycom bench``.
+polycom bench ops --quick                      # GPU: reduced set, ~2 min on an H100
+polycom bench ops --device cpu --quick         # harness smoke test on tiny shapes (Triton interpreter)
+polycom bench ops --summarize benchmarks/results/ops.jsonl
+polycom bench ops --static --quick             # no GPU: compile the kernels for sm_90, print registers/spills
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-from polycom.errors import UserError
-
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_ops.py"
-_MODULE_NAME = "polycom_benchmarks_bench_ops"
+from polycom.bench import ops as bench_ops
+from polycom.bench.op_cases import ALL_OPS, POLY_OPS
+from polycom.bench.op_providers import PROVIDERS
 
 
-def load_script() -> ModuleType | None:
-    """The benchmarks/bench_ops.py module, or None outside a source checkout."""
-    if _MODULE_NAME in sys.modules:
-        return sys.modules[_MODULE_NAME]
-    if not SCRIPT.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location(_MODULE_NAME, SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_MODULE_NAME] = module
-    spec.loader.exec_module(module)
-    return module
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    shapes = " ".join(bench_ops.FULL_SHAPES)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced set: bf16, polynorm / polyrelu / polynorm_gated, providers polycom / eager / compile, shapes "
+        f"{' '.join(bench_ops.QUICK_SHAPES)} on CUDA; on CPU tiny shapes and no compile (finishes in seconds)",
+    )
+    parser.add_argument(
+        "--shapes", nargs="+", metavar="MxN", help=f"tokens x hidden (default {shapes}; CPU: tiny shapes)"
+    )
+    parser.add_argument("--dtypes", nargs="+", metavar="DTYPE", help="bf16 fp16 fp32 (default all)")
+    parser.add_argument("--ops", nargs="+", metavar="OP", help=f"{' '.join(ALL_OPS)} (default all)")
+    parser.add_argument("--providers", nargs="+", metavar="P", help=f"{' '.join(PROVIDERS)} (default all)")
+    parser.add_argument("--modes", nargs="+", metavar="MODE", help="fwd bwd fwdbwd (default all)")
+    parser.add_argument("--order", type=int, default=3, help="polynomial order r (default 3)")
+    parser.add_argument("--out", default=str(bench_ops.DEFAULT_OUT), help="folder for ops.jsonl / ops.csv")
+    parser.add_argument("--no-write", action="store_true", help="print the table only, append no rows")
+    parser.add_argument(
+        "--tiling",
+        metavar="K=V,...",
+        help="override kernel tile limits (fields of polycom.ops.triton.config.TilingLimits)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="cuda (default). cpu only smoke-tests the harness on tiny shapes (Triton interpreter); no speed meaning",
+    )
+    parser.add_argument("--summarize", metavar="JSONL", help="print a Markdown summary of a results file and exit")
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="no GPU needed: compile the kernels chosen for --shapes/--dtypes/--ops for sm_90 and print registers and "
+        "spills (cubin resource usage); appends no rows",
+    )
+    parser.add_argument("--sms", type=int, default=132, help="SM count assumed by --static (H100 SXM: 132)")
+    parser.add_argument(
+        "--commit", help="git commit to record in the rows when the checkout has no .git (default: git rev-parse HEAD)"
+    )
 
 
 def register(subparsers) -> None:
@@ -38,17 +65,42 @@ def register(subparsers) -> None:
         description=(
             "Correctness check, then median/p20/p80 times, effective GB/s, fraction of the copy bandwidth "
             "measured in the same run and peak memory for fwd, bwd and fwd+bwd; rows are appended under "
-            "benchmarks/results/. Needs a CUDA GPU."
+            "benchmarks/results/. Needs a CUDA GPU (--device cpu: harness smoke test only)."
         ),
     )
-    script = load_script()
-    if script is not None:
-        script.add_arguments(parser)
-    parser.set_defaults(handler=_handler)
+    add_arguments(parser)
+    parser.set_defaults(handler=handle)
 
 
-def _handler(args: argparse.Namespace) -> int:
-    script = load_script()
-    if script is None:
-        raise UserError(f"the benchmark script {SCRIPT} was not found; `polycom bench ops` runs from a source checkout")
-    return script.handle(args)
+def config_from_args(args: argparse.Namespace, *, static: bool = False) -> bench_ops.BenchConfig:
+    # --static compiles for sm_90: GPU shapes even on a machine without one.
+    return bench_ops.make_config(
+        quick=args.quick,
+        device="cuda" if static else args.device,
+        shapes=args.shapes,
+        dtypes=args.dtypes,
+        ops=args.ops,
+        providers=args.providers,
+        modes=args.modes,
+        order=args.order,
+        out_dir=Path(args.out),
+        tiling=bench_ops.parse_tiling(args.tiling),
+        write=not args.no_write,
+        commit=args.commit,
+    )
+
+
+def handle(args: argparse.Namespace) -> int:
+    if args.summarize:
+        from polycom.bench.ops_report import summarize
+
+        print(summarize(Path(args.summarize)))
+        return 0
+    if args.static:
+        from polycom.bench.ops_static import static_resources
+
+        cfg = config_from_args(args, static=True)
+        rows = static_resources(cfg.shapes, cfg.dtypes, [op for op in cfg.ops if op in POLY_OPS], cfg.order, args.sms)
+        return 1 if any("error" in r for r in rows) else 0
+    rows = bench_ops.run(config_from_args(args))
+    return 1 if any(r["check"] != "ok" and r["provider"] == "polycom" for r in rows) else 0

@@ -10,9 +10,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["replace_folder", "save_figure", "to_jsonable", "write_json", "write_text"]
+__all__ = ["append_lines", "replace_folder", "save_figure", "to_jsonable", "write_json", "write_text"]
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:
@@ -46,6 +47,20 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def append_lines(path: str | os.PathLike, lines: Iterable[str]) -> Path:
+    """Append `lines` (each gets a final newline) to a line-oriented file (JSON lines, CSV) atomically.
+
+    The old content plus the new lines go to a temp file beside `path`, then `os.replace`: a reader never
+    sees a half-written row and an interrupted append keeps the old rows. A missing final newline of the old
+    content is added first, so the first new row never joins the last old one.
+    """
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    return write_text(path, old + "".join(line.rstrip("\n") + "\n" for line in lines))
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
