@@ -55,16 +55,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"polycom {args.command}: error: {exc}", file=sys.stderr)
         return 2
-
-
-def not_yet_available(command: str, issue: str):
-    """Handler for a command whose implementation has not landed: says so, exits 3, prints no fake output."""
-
-    def handler(args: argparse.Namespace) -> int:
-        print(
-            f"`polycom {command}` is not yet available in this version of polycom ({issue}).",
-            file=sys.stderr,
-        )
-        return 3
-
-    return handler
