@@ -56,6 +56,61 @@ def tiny_models() -> dict:
 
 GATED = {"llama", "mistral", "qwen2"}
 
+NUM_EXPERTS, EXPERT_HIDDEN = 4, 16  # tiny MoE: experts per layer, expert MLP width
+
+
+def tiny_moe_models() -> dict:
+    """name -> zero-argument factory of a tiny causal LM with stacked MoE experts or a fused gate_up MLP.
+
+    transformers 5 layouts: OLMoE, Mixtral, Qwen3-MoE, Qwen2-MoE keep each layer's experts as stacked
+    ``gate_up_proj`` (E, 2h, d) / ``down_proj`` (E, d, h) tensors (Qwen2-MoE adds a gated shared
+    expert, a dense MLP of width 48); Phi-3 fuses ``gate_up_proj`` (d -> 2h) in a dense MLP (h = 64).
+    """
+    from transformers import (
+        MixtralConfig,
+        MixtralForCausalLM,
+        OlmoeConfig,
+        OlmoeForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
+        Qwen2MoeConfig,
+        Qwen2MoeForCausalLM,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+    )
+
+    base = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    moe = dict(num_experts_per_tok=2, **base)
+    return {
+        "olmoe": lambda: OlmoeForCausalLM(OlmoeConfig(num_experts=NUM_EXPERTS, intermediate_size=EXPERT_HIDDEN, **moe)),
+        "mixtral": lambda: MixtralForCausalLM(
+            MixtralConfig(num_local_experts=NUM_EXPERTS, intermediate_size=EXPERT_HIDDEN, **moe)
+        ),
+        "qwen3_moe": lambda: Qwen3MoeForCausalLM(
+            Qwen3MoeConfig(num_experts=NUM_EXPERTS, moe_intermediate_size=EXPERT_HIDDEN, intermediate_size=48, **moe)
+        ),
+        "qwen2_moe": lambda: Qwen2MoeForCausalLM(
+            Qwen2MoeConfig(
+                num_experts=NUM_EXPERTS,
+                moe_intermediate_size=EXPERT_HIDDEN,
+                shared_expert_intermediate_size=48,
+                intermediate_size=48,
+                **moe,
+            )
+        ),
+        "phi3": lambda: Phi3ForCausalLM(Phi3Config(intermediate_size=64, **base)),
+    }
+
 
 def polynorm_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """sum_{i=1..r} weight[r-i] * N(x**i) + bias, N(u) = u / sqrt(mean(u**2) + eps), in fp64."""

@@ -4,7 +4,8 @@
 
 ``--mode replace`` swaps the activation of every MLP, keeping the weights; ``--mode ungated``
 rewrites gated MLPs into plain PolyCom MLPs at the parameter-matched width (fresh weights, for
-pretraining from scratch). Prints the report (modules changed, parameter counts) as a table and
+pretraining from scratch). Stacked MoE experts get one coefficient set per expert block, shared by
+its experts (the paper's design), or one per expert with ``--per-expert``. Prints the report (modules changed, parameter counts) as a table and
 saves the converted model (safetensors) and the tokenizer files, if any, to ``--out``.
 """
 
@@ -26,6 +27,11 @@ def register(subparsers) -> None:
     parser.add_argument("--activation", default="polynorm", help="polynorm or polyrelu (default polynorm)")
     parser.add_argument("--mode", default="replace", choices=["replace", "ungated"], help="conversion mode")
     parser.add_argument("--order", type=int, default=3, help="PolyCom order r (default 3)")
+    parser.add_argument(
+        "--per-expert",
+        action="store_true",
+        help="MoE experts: one PolyCom coefficient set per expert (default: one per layer, shared by its experts)",
+    )
     parser.add_argument("--report", default=None, help="also write the report as JSON to this file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.set_defaults(handler=run)
@@ -42,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     model, tokenizer = load_model_folder(args.model)
-    report = convert(model, args.activation, args.mode, order=args.order)
+    report = convert(model, args.activation, args.mode, order=args.order, per_expert=args.per_expert)
     save_converted(model, tokenizer, out, overwrite=args.overwrite)
     Console().print(report.to_markdown())
     if args.report:
