@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from polycom.compare.runner import DEFAULT_ACTIVATIONS
+from polycom.modules.activations import DEFAULT_ACTIVATIONS
 from polycom.train.cli_overrides import enable_overrides
 
 
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from polycom.compare.runner import CompareConfig, run_compare
+    from polycom.compare import CompareConfig, run_compare
 
     overrides = list(args.overrides)
     out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"

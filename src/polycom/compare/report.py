@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from polycom.compare.layout import RESULTS_FILE, RUNS_FOLDER, run_dir, run_name
 from polycom.train.metrics import read_metrics
 from polycom.utils.atomic import write_json, write_text
 
@@ -65,11 +66,13 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def collect_results(out: Path, activations, seeds: int, cfg, recipe, device, *, baseline: str) -> dict[str, Any]:
-    from polycom.compare.runner import run_name
+    """results.json's content: the numbers of every activation (mean +- std over seeds) and what was run.
 
+    cfg: the `CompareConfig`; recipe: the `TrainConfig` the runs started from (before per-run settings).
+    """
     per_act: dict[str, Any] = {}
     for activation in activations:
-        runs = [read_run(out / "runs" / run_name(activation, s)) for s in range(seeds)]
+        runs = [read_run(run_dir(out, activation, s)) for s in range(seeds)]
         finals = [r["final_val_loss"] for r in runs]
         initials = [r["initial_val_loss"] for r in runs]
         drops = [100.0 * (1.0 - f / i) if f is not None and i else None for f, i in zip(finals, initials)]
@@ -81,7 +84,7 @@ def collect_results(out: Path, activations, seeds: int, cfg, recipe, device, *, 
             "val_loss_drop_pct": summarize(drops),
             "tokens_per_s": summarize([r["tokens_per_s"] for r in runs]),
             "peak_memory_mb": summarize([r["peak_memory_mb"] for r in runs]),
-            "runs": [f"runs/{run_name(activation, s)}" for s in range(seeds)],
+            "runs": [f"{RUNS_FOLDER}/{run_name(activation, s)}" for s in range(seeds)],
             "curves": [{"train": r["train_curve"], "val": r["val_curve"]} for r in runs],
         }
     if baseline in per_act:
@@ -95,7 +98,7 @@ def collect_results(out: Path, activations, seeds: int, cfg, recipe, device, *, 
                 "val_loss_diff_pct": 100.0 * diff / base["mean"],
                 "p_value": None if activation == baseline else welch_p_value(mine["values"], base["values"]),
             }
-    first = json.loads((out / "runs" / run_name(activations[0], 0) / "config.json").read_text())
+    first = json.loads((run_dir(out, activations[0], 0) / "config.json").read_text())
     return {
         "format": "polycom-compare-results",
         "version": 1,
@@ -105,7 +108,7 @@ def collect_results(out: Path, activations, seeds: int, cfg, recipe, device, *, 
         "seeds": seeds,
         "activations": activations,
         "compare_config": asdict(cfg),
-        "recipe": asdict(recipe),
+        "recipe": recipe.to_dict(),
         "run_config": {k: v for k, v in first.items() if k != "model"} | {"model": _model_shape(first["model"])},
         "memory_kind": "cuda_max_allocated" if str(device).startswith("cuda") else "process_peak_rss",
         "results": per_act,
@@ -191,4 +194,4 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
 
     plot_losses(results, out / "loss.png")
     write_text(out / "report.md", render_markdown(results))
-    write_json(out / "results.json", results)
+    write_json(out / RESULTS_FILE, results)
