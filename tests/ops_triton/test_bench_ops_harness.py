@@ -122,3 +122,16 @@ def test_static_compile_for_sm90_has_no_spills():
     assert len(lines) == 2 * 2 * 2  # shapes x ops x (fwd, bwd)
     assert all("local 0 B" in line for line in lines), result.stdout
     assert any("looped" in line for line in lines) and any("single" in line for line in lines)
+
+
+def test_cpu_quick_selects_tiny_shapes_without_compile():
+    """On CPU the kernels run in the Triton interpreter: --quick must not select the GPU shapes (8192x8192
+    would look hung) nor torch.compile (an inductor C++ build per case)."""
+    from polycom.bench.ops import make_config
+
+    cpu = make_config(quick=True, device="cpu")
+    assert cpu.shapes and all(m * n <= 2**15 for m, n in cpu.shapes), cpu.shapes
+    assert "compile" not in cpu.providers and {"polycom", "eager"} <= set(cpu.providers)
+    gpu = make_config(quick=True, device="cuda")
+    assert (8192, 8192) in gpu.shapes and "compile" in gpu.providers
+    assert make_config(device="cpu").shapes == cpu.shapes  # tiny on CPU with or without --quick
