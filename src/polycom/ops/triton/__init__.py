@@ -22,9 +22,15 @@ except ImportError as exc:  # keep the message actionable: this is an optional e
         f"polycom's Triton kernels need the `triton` package (pip install polycom[triton]): {exc}"
     ) from exc
 
+import os
+
 import torch
 
+from polycom.ops.triton import interpreter_compat as _interpreter_compat
 from polycom.ops.triton import ops as _ops
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _interpreter_compat.apply()  # Triton <= 3.6 interpreter with NumPy >= 2.4 (run-time loop bounds)
 
 __all__ = ["poly_norm", "poly_norm_gated", "poly_relu", "poly_relu_gated"]
 

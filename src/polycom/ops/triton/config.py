@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import torch
 import triton
@@ -43,6 +44,21 @@ class TilingLimits:
     # Looped path: at most this many bytes of rows in flight (all programs together), so that the
     # second pass over a row still finds it in L2 (H100/H200 L2: 50 MiB; keep a safety margin).
     l2_budget_bytes: int = 24 * 2**20
+    # Kernel variant: 1 = one program per row block (wide rows: two-pass column loop), 2 = persistent
+    # pipelined grid sized from residency, wide rows split across co-resident programs. Both stay
+    # selectable (POLYCOM_KERNEL_VARIANT=v1|v2) until GPU measurements decide between them.
+    variant: int = dataclasses.field(default_factory=lambda: _variant_from_env())
+    num_warps_fwd: int = 0  # 0: the rule of _warps_for (about 16 elements per thread)
+    num_warps_bwd: int = 0  # 0: the rule of _warps_for (about 8 elements per thread)
+    num_stages: int = 2  # software-pipelining depth of the persistent row / tile loops (variant 2)
+    split_tile: int = 8192  # variant 2: column chunk per program for rows wider than max_single_tile_*
+
+
+def _variant_from_env() -> int:
+    value = os.environ.get("POLYCOM_KERNEL_VARIANT", "v2").strip().lower().lstrip("v")
+    if value not in ("1", "2"):
+        raise ValueError(f"POLYCOM_KERNEL_VARIANT must be v1 or v2, got {os.environ['POLYCOM_KERNEL_VARIANT']!r}")
+    return int(value)
 
 
 TILING = TilingLimits()
@@ -97,6 +113,44 @@ def row_launch(m: int, n: int, backward: bool, row_bytes: int = 0, num_sms: int 
         in_flight = max(num_sms, limits.l2_budget_bytes // max(row_bytes, 1))
         grid = max(1, min(blocks, in_flight))
     return RowLaunch(block_m, block_n, single, _warps_for(block_m * block_n, backward), (grid,))
+
+
+@dataclasses.dataclass(frozen=True)
+class PersistentRowLaunch:
+    """Variant 2 row kernels: BLOCK_M rows x BLOCK_N columns per step; a row is cut into `split`
+    chunks of BLOCK_N columns (1: the whole row is one tile); `blocks` row blocks to process."""
+
+    block_m: int
+    block_n: int
+    split: int
+    num_warps: int
+    num_stages: int
+    blocks: int
+
+
+def persistent_row_launch(m: int, n: int, backward: bool) -> PersistentRowLaunch:
+    """Tile shape of the persistent (variant 2) PolyNorm kernels for an (m, n) problem; the grid comes
+    from the compiled kernel's residency (`persistent_grid`)."""
+    limits = TILING
+    single_max = limits.max_single_tile_bwd if backward else limits.max_single_tile_fwd
+    n_pow2 = triton.next_power_of_2(n)
+    if n_pow2 <= single_max:
+        block_n, split = n_pow2, 1
+        block_m = max(1, limits.elements_per_program // block_n)
+        block_m = min(block_m, limits.max_rows_per_program, triton.next_power_of_2(m))
+    else:
+        block_n = triton.next_power_of_2(min(limits.split_tile, single_max))
+        block_m, split = 1, triton.cdiv(n, block_n)
+    override = limits.num_warps_bwd if backward else limits.num_warps_fwd
+    warps = override or _warps_for(block_m * block_n, backward)
+    return PersistentRowLaunch(block_m, block_n, split, warps, limits.num_stages, triton.cdiv(m, block_m))
+
+
+def persistent_grid(work: int, split: int, resident_slots: int) -> int:
+    """Programs of a persistent launch: at most one wave (resident_slots), a multiple of `split`, no more
+    than the work (row blocks x split). Callers check ``resident_slots >= split`` where programs wait."""
+    lanes = max(1, resident_slots // split)
+    return min(work, lanes) * split
 
 
 def elementwise_launch(m: int, n: int) -> ElementwiseLaunch:

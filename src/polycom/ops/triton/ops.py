@@ -41,6 +41,22 @@ def _empty_like_up(up: Tensor | None, x: Tensor) -> Tensor:
     return up.new_empty(up.shape) if up is not None else x.new_empty(_EMPTY_SHAPE)
 
 
+def _needs(needs: list[bool] | None) -> tuple[bool, bool, bool]:
+    """(dx, d_up, coefficient gradients) wanted by the caller; None = all."""
+    return (True, True, True) if needs is None else (bool(needs[0]), bool(needs[1]), bool(needs[2]))
+
+
+def _needed(ctx) -> list[bool]:
+    """Which backward outputs autograd needs: x, up, and weight or bias (the kernels produce both together)."""
+    n = ctx.needs_input_grad
+    return [bool(n[0]), bool(ctx.gated and n[1]), bool(n[2] or n[3])]
+
+
+def _masked(need: list[bool], dx, dup, dweight, dbias) -> tuple:
+    """None for the gradients that were not computed (autograd did not ask for them)."""
+    return (dx if need[0] else None, dup if need[1] else None, dweight if need[2] else None, dbias if need[2] else None)
+
+
 # ---------------------------------------------------------------------------------------- PolyNorm
 
 
@@ -57,14 +73,20 @@ def _poly_norm_fwd_fake(x, up, weight, bias, eps):
 
 @torch.library.custom_op("polycom::poly_norm_bwd", mutates_args=())
 def poly_norm_bwd(
-    grad: Tensor, x: Tensor, up: Tensor | None, weight: Tensor, bias: Tensor, rstd: Tensor
+    grad: Tensor,
+    x: Tensor,
+    up: Tensor | None,
+    weight: Tensor,
+    bias: Tensor,
+    rstd: Tensor,
+    needs: list[bool] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, dup, dweight, dbias = launch.poly_norm_backward(grad, x, up, weight, bias, rstd)
+    dx, dup, dweight, dbias = launch.poly_norm_backward(grad, x, up, weight, bias, rstd, _needs(needs))
     return dx, dup if dup is not None else x.new_empty(_EMPTY_SHAPE), dweight, dbias
 
 
 @poly_norm_bwd.register_fake
-def _poly_norm_bwd_fake(grad, x, up, weight, bias, rstd):
+def _poly_norm_bwd_fake(grad, x, up, weight, bias, rstd, needs=None):
     return x.new_empty(x.shape), _empty_like_up(up, x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
 
 
@@ -78,8 +100,9 @@ def _poly_norm_setup(ctx, inputs, output) -> None:
 
 def _poly_norm_backward(ctx, grad_y, _grad_rstd):
     x, up, weight, bias, rstd = ctx.saved_tensors
-    dx, dup, dweight, dbias = poly_norm_bwd(grad_y, x, up, weight, bias, rstd)
-    return dx, (dup if ctx.gated else None), dweight, dbias, None
+    need = _needed(ctx)
+    dx, dup, dweight, dbias = poly_norm_bwd(grad_y, x, up, weight, bias, rstd, need)
+    return _masked(need, dx, dup if ctx.gated else None, dweight, dbias) + (None,)
 
 
 poly_norm_fwd.register_autograd(_poly_norm_backward, setup_context=_poly_norm_setup)
@@ -100,14 +123,14 @@ def _poly_relu_fwd_fake(x, up, weight, bias):
 
 @torch.library.custom_op("polycom::poly_relu_bwd", mutates_args=())
 def poly_relu_bwd(
-    grad: Tensor, x: Tensor, up: Tensor | None, weight: Tensor, bias: Tensor
+    grad: Tensor, x: Tensor, up: Tensor | None, weight: Tensor, bias: Tensor, needs: list[bool] | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, dup, dweight, dbias = launch.poly_relu_backward(grad, x, up, weight, bias)
+    dx, dup, dweight, dbias = launch.poly_relu_backward(grad, x, up, weight, bias, _needs(needs))
     return dx, dup if dup is not None else x.new_empty(_EMPTY_SHAPE), dweight, dbias
 
 
 @poly_relu_bwd.register_fake
-def _poly_relu_bwd_fake(grad, x, up, weight, bias):
+def _poly_relu_bwd_fake(grad, x, up, weight, bias, needs=None):
     return x.new_empty(x.shape), _empty_like_up(up, x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
 
 
@@ -119,8 +142,9 @@ def _poly_relu_setup(ctx, inputs, output) -> None:
 
 def _poly_relu_backward(ctx, grad_y):
     x, up, weight, bias = ctx.saved_tensors
-    dx, dup, dweight, dbias = poly_relu_bwd(grad_y, x, up, weight, bias)
-    return dx, (dup if ctx.gated else None), dweight, dbias
+    need = _needed(ctx)
+    dx, dup, dweight, dbias = poly_relu_bwd(grad_y, x, up, weight, bias, need)
+    return _masked(need, dx, dup if ctx.gated else None, dweight, dbias)
 
 
 poly_relu_fwd.register_autograd(_poly_relu_backward, setup_context=_poly_relu_setup)

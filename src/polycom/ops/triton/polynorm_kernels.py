@@ -27,6 +27,15 @@ import triton.language as tl
 
 
 @triton.jit
+def _inv_sqrt(v, ACC: tl.constexpr):
+    """rsqrt in fp32; 1 / sqrt_rn in fp64 (rsqrt would be rsqrt.approx.f64 on CUDA, ~1e-9 relative error)."""
+    if ACC == tl.float64:  # noqa: SIM300 (ACC is the compile-time dtype)
+        return 1.0 / tl.sqrt_rn(v)
+    else:
+        return tl.rsqrt(v)
+
+
+@triton.jit
 def _column(mat, ridx, j: tl.constexpr):
     """Column j of a [BLOCK_M, RP] matrix as a [BLOCK_M, 1] tensor (select, so padded NaN/inf never leak)."""
     return tl.sum(tl.where(ridx == j, mat, 0.0), axis=1)[:, None]
@@ -102,7 +111,7 @@ def _fwd_rows(
         mask = row_ok[:, None] & (cols < N)
         x = tl.load(x_rows + cols, mask=mask, other=0.0).to(ACC)
         sums = _add_even_power_sums(sums, x, ridx, R)
-        rstd = tl.rsqrt(sums / N + eps)
+        rstd = _inv_sqrt(sums / N + eps, ACC)
         coef = rstd * w
         y = _poly(x, coef, ridx, b, R)
         if GATED:
@@ -113,7 +122,7 @@ def _fwd_rows(
             mask = row_ok[:, None] & (start + cols < N)
             x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
             sums = _add_even_power_sums(sums, x, ridx, R)
-        rstd = tl.rsqrt(sums / N + eps)
+        rstd = _inv_sqrt(sums / N + eps, ACC)
         coef = rstd * w
         for start in range(0, N, BLOCK_N):
             mask = row_ok[:, None] & (start + cols < N)

@@ -1,0 +1,150 @@
+"""Persistent, pipelined PolyNorm kernels (variant 2), forward and backward, plain and gated.
+
+Same formulas as `polynorm_kernels` (see there); what differs is the schedule:
+
+- **persistent grid**: the launcher sizes the grid from the compiled kernel's residency (resident
+  CTAs per SM x SMs, `residency.py`); program p handles the row blocks p, p + P, ... in a
+  `tl.range(..., num_stages=NUM_STAGES)` loop, so the loads of the next row block are issued
+  (cp.async on sm_80+) while the current one is reduced and stored;
+- **one register tile per row chunk, no column loop**: a row of up to BLOCK_N columns is read once
+  and all its reductions (r power sums forward; r dots and sum g backward) are taken once per row;
+- **split rows** (SPLIT > 1, rows wider than one tile): a row is cut into SPLIT chunks of BLOCK_N
+  columns handled by SPLIT co-resident programs (program p works on chunk p % SPLIT). Each program
+  publishes its chunk's partial sums to ``scratch[row, chunk, :]``; the row's sums are then the
+  fixed-order sum over chunks 0..SPLIT-1 (deterministic, identical in every chunk), so each chunk
+  stays in registers and every width is a single HBM pass. PHASE selects how the programs meet:
+  2 = one launch, the programs wait on a per-row-block arrival counter (GPU; needs every program
+  resident, which the launcher guarantees by never launching more than the resident slots);
+  0 then 1 = two launches, publish then combine-and-apply (the Triton CPU interpreter runs programs
+  one after another, so it cannot wait; the arithmetic is the same).
+
+Coefficient-gradient partials: one fp32 row per program (chunk 0 of a split row counts the row once),
+summed by `partials_kernel` in a fixed order.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from polycom.ops.triton.polynorm_kernels import _add_even_power_sums, _inv_sqrt, _poly, _poly_dx, _row_weights
+
+
+@triton.jit
+def _add_dot_and_g_sums(dots, g, x, ridx, R: tl.constexpr):
+    """dots[:, j] += sum g * x**(j+1) for j < R; dots[:, R] += sum g (the bias gradient of the row)."""
+    p = x
+    for j in tl.static_range(R):
+        if j > 0:
+            p = p * x
+        dots = tl.where(ridx == j, dots + tl.sum(g * p, axis=1)[:, None], dots)
+    return tl.where(ridx == R, dots + tl.sum(g, axis=1)[:, None], dots)
+
+
+@triton.jit
+def _combine_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx,
+                    SPLIT: tl.constexpr, RP: tl.constexpr, PHASE: tl.constexpr):  # fmt: skip
+    """Row sums of a split row: publish this chunk's [BLOCK_M, RP] sums, meet the other chunks, and
+    return the fixed-order sum over chunks 0..SPLIT-1 (scratch layout [M, SPLIT, RP], fp32/fp64)."""
+    slot = scratch_ptr + rows64 * (SPLIT * RP) + ridx
+    if PHASE != 1:
+        tl.store(slot + chunk * RP, sums, mask=row_ok[:, None])
+    if PHASE == 2:
+        tl.debug_barrier()  # every thread's partial store precedes the release below
+        tl.atomic_add(count_ptr + block, 1, sem="release", scope="gpu")
+        arrived = tl.atomic_add(count_ptr + block, 0, sem="acquire", scope="gpu")
+        while arrived < SPLIT:
+            arrived = tl.atomic_add(count_ptr + block, 0, sem="acquire", scope="gpu")
+    total = tl.zeros_like(sums)
+    if PHASE != 0:
+        for c in tl.static_range(SPLIT):
+            total += tl.load(slot + c * RP, mask=row_ok[:, None], other=0.0, volatile=True)
+    return total
+
+
+@triton.jit
+def poly_norm_fwd_persistent_kernel(
+    x_ptr, up_ptr, y_ptr, w_ptr, b_ptr, rstd_ptr, scratch_ptr, count_ptr, M, N, stride_x, stride_up, stride_y, eps,
+    R: tl.constexpr, RP: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr, PHASE: tl.constexpr, NUM_STAGES: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """y = PolyNorm(x) (* up), rstd[row, j] = rho_{j+1}; persistent over row blocks, rows split in SPLIT chunks."""
+    pid = tl.program_id(0)
+    chunk = pid % SPLIT
+    lanes = tl.num_programs(0) // SPLIT
+    ridx = tl.arange(0, RP)[None, :]
+    cols = chunk * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    w = _row_weights(w_ptr, ridx, R, ACC)
+    b = tl.load(b_ptr).to(ACC)
+    eps_acc = tl.cast(eps, ACC)  # a Python float must not turn the math into fp64 (nor stay fp64 for fp32)
+    for block in tl.range(pid // SPLIT, tl.cdiv(M, BLOCK_M), lanes, num_stages=NUM_STAGES):
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        rows64 = rows.to(tl.int64)[:, None]
+        mask = row_ok[:, None] & (cols < N)
+        x = tl.load(x_ptr + rows64 * stride_x + cols, mask=mask, other=0.0).to(ACC)
+        sums = tl.zeros((BLOCK_M, RP), dtype=ACC)
+        if PHASE != 1:
+            sums = _add_even_power_sums(sums, x, ridx, R)
+        if SPLIT > 1:
+            sums = _combine_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, RP, PHASE)
+        if PHASE != 0:
+            rstd = _inv_sqrt(sums / N + eps_acc, ACC)
+            y = _poly(x, rstd * w, ridx, b, R)
+            if GATED:
+                y = y * tl.load(up_ptr + rows64 * stride_up + cols, mask=mask, other=0.0).to(ACC)
+            tl.store(y_ptr + rows64 * stride_y + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.store(rstd_ptr + rows64 * R + ridx, rstd, mask=row_ok[:, None] & (ridx + chunk * RP < R))  # chunk 0 only
+
+
+@triton.jit
+def poly_norm_bwd_persistent_kernel(
+    dy_ptr, x_ptr, up_ptr, rstd_ptr, w_ptr, b_ptr, dx_ptr, dup_ptr, part_ptr, scratch_ptr, count_ptr, M, N,
+    stride_dy, stride_x, stride_up, stride_dx, stride_dup,
+    R: tl.constexpr, RP: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr, PHASE: tl.constexpr, NUM_STAGES: tl.constexpr, ACC: tl.constexpr,
+    NEED_DX: tl.constexpr, NEED_DUP: tl.constexpr, NEED_COEF: tl.constexpr,
+):  # fmt: skip
+    """dx (and d_up) of the rows of this program; part[program, j] = sum over its rows of rho_{j+1} S_{j+1}
+    (j < R), part[program, R] = sum of g. RP >= R + 1: column R of the dot matrix carries sum g."""
+    pid = tl.program_id(0)
+    chunk = pid % SPLIT
+    lanes = tl.num_programs(0) // SPLIT
+    ridx = tl.arange(0, RP)[None, :]
+    cols = chunk * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    w = _row_weights(w_ptr, ridx, R, ACC)
+    b = tl.load(b_ptr).to(ACC)
+    order = (ridx + 1).to(ACC)
+    part = tl.zeros((BLOCK_M, RP), dtype=ACC)
+    for block in tl.range(pid // SPLIT, tl.cdiv(M, BLOCK_M), lanes, num_stages=NUM_STAGES):
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        rows64 = rows.to(tl.int64)[:, None]
+        mask = row_ok[:, None] & (cols < N)
+        x = tl.load(x_ptr + rows64 * stride_x + cols, mask=mask, other=0.0).to(ACC)
+        dy = tl.load(dy_ptr + rows64 * stride_dy + cols, mask=mask, other=0.0).to(ACC)
+        g = dy
+        if GATED:
+            g = dy * tl.load(up_ptr + rows64 * stride_up + cols, mask=mask, other=0.0).to(ACC)
+        rstd = tl.load(rstd_ptr + rows64 * R + ridx, mask=row_ok[:, None] & (ridx < R), other=0.0).to(ACC)
+        coef = rstd * w
+        dots = tl.zeros((BLOCK_M, RP), dtype=ACC)
+        if PHASE != 1:
+            dots = _add_dot_and_g_sums(dots, g, x, ridx, R)
+        if SPLIT > 1:
+            dots = _combine_chunks(dots, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, RP, PHASE)
+        if PHASE != 0:
+            if NEED_DX:
+                dcoef = order * coef
+                kcoef = dcoef * rstd * rstd * dots / N
+                dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
+                tl.store(dx_ptr + rows64 * stride_dx + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            if NEED_DUP:
+                dup = dy * _poly(x, coef, ridx, b, R)
+                tl.store(dup_ptr + rows64 * stride_dup + cols, dup.to(dup_ptr.dtype.element_ty), mask=mask)
+            if NEED_COEF:  # rho_j S_j for j < R, sum g in column R; a split row counts once (chunk 0)
+                scale = tl.where(ridx < R, rstd, 1.0)
+                part += tl.where(row_ok[:, None] & (ridx + chunk * RP < RP), scale * dots, 0.0)
+    if NEED_COEF and PHASE != 0:
+        cidx = tl.arange(0, RP)
+        tl.store(part_ptr + pid * (R + 1) + cidx, tl.sum(part, axis=0), mask=cidx < R + 1)
