@@ -32,10 +32,10 @@ from polycom.errors import UserError
 from polycom.models.config import ModelConfig
 from polycom.models.presets import get_preset
 from polycom.models.transformer import build_model
+from polycom.modules.activations import DEFAULT_ACTIVATIONS
 from polycom.train.config import TrainConfig, apply_override, parse_override
 from polycom.utils.hardware import peak_flops, pick_device
 
-DEFAULT_ACTIVATIONS = ("swiglu", "gelu", "relu2", "polyrelu", "polynorm")
 BASELINE = "swiglu"
 CSV_FIELDS = [
     "date", "card", "git_commit", "torch", "cuda", "triton", "preset", "overrides", "batch_size", "seq_len",
