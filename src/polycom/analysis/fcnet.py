@@ -60,7 +60,7 @@ class FCNetConfig:
 
 
 def _activation_kwargs(name: str, order: int) -> dict:
-    return {"order": order} if name in ("polyrelu", "polynorm") else {}
+    return {"order": order} if activation_spec(name).is_polycom else {}
 
 
 class FCNet(nn.Module):

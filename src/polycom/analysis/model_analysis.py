@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from polycom.errors import UserError
+from polycom.modules import is_polycom_module
 
 __all__ = [
     "effective_rank",
@@ -195,22 +196,11 @@ def mlp_weight_ranks(mlps: list[MLPBlock]) -> list[dict]:
     return rows
 
 
-def _is_polycom(module: nn.Module) -> bool:
-    w, b = getattr(module, "weight", None), getattr(module, "bias", None)
-    return (
-        "poly" in type(module).__name__.lower()
-        and isinstance(w, torch.Tensor)
-        and isinstance(b, torch.Tensor)
-        and w.dim() == 1
-        and b.numel() == 1
-    )
-
-
 def polycom_coefficients(mlps: list[MLPBlock]) -> list[dict]:
     """Per layer: the PolyCom coefficients (weight highest power first, bias); [] when none are PolyCom."""
     rows = []
     for mlp in mlps:
-        polys = [a for a in mlp.acts if _is_polycom(a)]
+        polys = [a for a in mlp.acts if is_polycom_module(a)]
         if not polys:
             continue
         ws = [a.weight.detach().float().cpu().tolist() for a in polys]

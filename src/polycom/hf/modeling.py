@@ -34,7 +34,7 @@ from polycom.models.attention import Attention
 from polycom.models.layers import RMSNorm, rope_tables
 from polycom.models.moe import Experts, MoEMLP
 from polycom.modules.mlp import MLP
-from polycom.modules.polycom import _PolyCoefficients
+from polycom.modules.polycom import PolyCoefficients
 
 
 @dataclass
@@ -130,7 +130,7 @@ class PolyComPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, 0.0, std)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
-        elif isinstance(module, _PolyCoefficients):
+        elif isinstance(module, PolyCoefficients):
             init.constant_(module.weight, 1.0 / module.order)
             init.zeros_(module.bias)
         elif isinstance(module, Experts):

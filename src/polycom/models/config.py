@@ -20,9 +20,6 @@ from typing import Any
 from polycom.modules.activations import activation_spec, is_gated
 from polycom.modules.mlp import matched_hidden_size
 
-# PolyCom activations take an `order`; the others take no options.
-POLYCOM_ACTIVATIONS = frozenset({"polyrelu", "polynorm", "polyrelu_glu", "polynorm_glu"})
-
 
 def _round_up(value: float, multiple: int) -> int:
     return multiple * math.ceil(value / multiple)
@@ -161,7 +158,7 @@ class ModelConfig:
 
     def activation_kwargs(self) -> dict[str, Any]:
         """Options for `polycom.get_activation`: ``{"order": r}`` for PolyCom activations only."""
-        return {"order": self.activation_order} if self.activation_name in POLYCOM_ACTIVATIONS else {}
+        return {"order": self.activation_order} if activation_spec(self.activation).is_polycom else {}
 
     def mlp_hidden_size(self) -> int:
         """Resolved dense MLP width."""

@@ -24,6 +24,7 @@ from polycom.models.config import ModelConfig
 from polycom.models.layers import RMSNorm, rope_tables
 from polycom.models.moe import MoEMLP, RouterStats
 from polycom.modules.mlp import MLP
+from polycom.modules.polycom import is_polycom_module
 
 
 @dataclass
@@ -98,7 +99,7 @@ class PolyComLM(nn.Module):
         if self.lm_head is not None:
             nn.init.normal_(self.lm_head.weight, 0.0, std)
         for module in self.modules():
-            if isinstance(module, RMSNorm) or _is_activation(module):
+            if isinstance(module, RMSNorm) or is_polycom_module(module):  # PolyCom keeps its init (1/r, 0)
                 module.reset_parameters()
         for block in self.layers:
             attn = block.attn
@@ -202,10 +203,12 @@ class PolyComLM(nn.Module):
         """An empty KV cache for `batch_size` sequences of up to `max_len` (default max_seq_len) tokens."""
         cfg = self.config
         p = self.embed.weight
+        # the heads this process computes: under tensor parallelism each rank holds kv_heads / tp of them
+        kv_heads = self.layers[0].attn.n_kv_heads if len(self.layers) else cfg.kv_heads
         return KVCache(
             cfg.n_layers,
             batch_size,
-            cfg.kv_heads,
+            kv_heads,
             max_len or cfg.max_seq_len,
             cfg.head_dim,
             device=p.device,
@@ -229,13 +232,6 @@ class PolyComLM(nn.Module):
         return generate(
             self, input_ids, max_new_tokens, temperature, top_k, generator, eos_id=eos_id, use_cache=use_cache
         )
-
-
-def _is_activation(module: nn.Module) -> bool:
-    # PolyCom coefficient holders (weight (r,), bias (1,)) keep their own init (1/r, 0).
-    from polycom.modules.polycom import _PolyCoefficients
-
-    return isinstance(module, _PolyCoefficients)
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> PolyComLM:

@@ -12,12 +12,21 @@ from polycom.modules.activations import (
     register_activation,
 )
 from polycom.modules.mlp import MLP, gated_hidden_size, matched_hidden_size, mlp_param_count, mlp_param_table
-from polycom.modules.polycom import PolyNorm, PolyNormGated, PolyReLU, PolyReLUGated
+from polycom.modules.polycom import (
+    PolyCoefficients,
+    PolyNorm,
+    PolyNormGated,
+    PolyReLU,
+    PolyReLUGated,
+    is_polycom_module,
+    is_polycom_parameter,
+)
 
 __all__ = [
     "MLP",
     "ActivationSpec",
     "GeGLU",
+    "PolyCoefficients",
     "PolyNorm",
     "PolyNormGated",
     "PolyReLU",
@@ -29,6 +38,8 @@ __all__ = [
     "gated_hidden_size",
     "get_activation",
     "is_gated",
+    "is_polycom_module",
+    "is_polycom_parameter",
     "matched_hidden_size",
     "mlp_param_count",
     "mlp_param_table",

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polycom.modules.polycom import PolyNorm, PolyNormGated, PolyReLU, PolyReLUGated
+from polycom.modules.polycom import PolyCoefficients, PolyNorm, PolyNormGated, PolyReLU, PolyReLUGated
 
 
 class ReLU2(nn.Module):
@@ -45,12 +45,20 @@ class GeGLU(nn.Module):
 
 @dataclass(frozen=True)
 class ActivationSpec:
-    """A registered activation: its factory, whether it is gated, and a one-line description."""
+    """A registered activation: its factory, whether it is gated, and a one-line description.
+
+    ``is_polycom`` (derived from the factory) is the one answer to "is this a PolyCom activation?".
+    """
 
     name: str
     factory: Callable[..., nn.Module]
     gated: bool
     description: str
+
+    @property
+    def is_polycom(self) -> bool:
+        """True for the PolyCom activations (their modules are `PolyCoefficients`; they take ``order``)."""
+        return isinstance(self.factory, type) and issubclass(self.factory, PolyCoefficients)
 
     def build(self, **kwargs) -> nn.Module:
         params = inspect.signature(self.factory).parameters

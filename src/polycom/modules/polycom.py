@@ -14,9 +14,24 @@ from torch import nn
 from polycom.ops import poly_norm, poly_norm_gated, poly_relu, poly_relu_gated
 from polycom.ops.validation import check_eps, check_order
 
+__all__ = [
+    "PolyCoefficients",
+    "PolyNorm",
+    "PolyNormGated",
+    "PolyReLU",
+    "PolyReLUGated",
+    "is_polycom_module",
+    "is_polycom_parameter",
+]
 
-class _PolyCoefficients(nn.Module):
-    """Holds the r + 1 PolyCom coefficients: ``weight`` (r,) highest power first, ``bias`` (1,)."""
+
+class PolyCoefficients(nn.Module):
+    """Base of every PolyCom activation: the r + 1 coefficients ``weight`` (r,), highest power first,
+    and ``bias`` (1,).
+
+    Being a `PolyCoefficients` is what makes a module a PolyCom activation (see `is_polycom_module`):
+    the models keep its init (1/r, 0), the optimiser does not decay it, the analyses report it.
+    """
 
     def __init__(self, order: int = 3, device: torch.device | str | None = None) -> None:
         super().__init__()
@@ -36,7 +51,7 @@ class _PolyCoefficients(nn.Module):
         return f"order={self.order}"
 
 
-class PolyNorm(_PolyCoefficients):
+class PolyNorm(PolyCoefficients):
     """PolyNorm(x) = sum_{i=1..r} weight[r-i] * N(x**i) + bias over the last dim.
 
     N(u) = u * rsqrt(mean(u**2, -1) + eps). Input (..., h), output the same shape and dtype.
@@ -54,7 +69,7 @@ class PolyNorm(_PolyCoefficients):
         return f"order={self.order}, eps={self.eps:g}"
 
 
-class PolyReLU(_PolyCoefficients):
+class PolyReLU(PolyCoefficients):
     """PolyReLU(x) = sum_{i=1..r} weight[r-i] * relu(x)**i + bias, elementwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,3 +92,18 @@ class PolyReLUGated(PolyReLU):
 
     def forward(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return poly_relu_gated(gate, up, self.weight, self.bias)
+
+
+def is_polycom_module(module: nn.Module) -> bool:
+    """True when `module` is a PolyCom activation (plain or gated, any order): a `PolyCoefficients`."""
+    return isinstance(module, PolyCoefficients)
+
+
+def is_polycom_parameter(model: nn.Module, name: str) -> bool:
+    """True when the parameter called `name` in ``model.named_parameters()`` belongs to a PolyCom activation.
+
+    name: a dotted parameter name, e.g. ``"layers.0.mlp.act.weight"``; its owner is the submodule
+    before the last dot.
+    """
+    owner = name.rpartition(".")[0]
+    return is_polycom_module(model.get_submodule(owner))
