@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from polycom.modules.polycom import PolyNorm, PolyNormGated, PolyReLU, PolyReLUGated
+from polycom.modules.polycom import PolyCoefficients
 
 
 def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -45,7 +45,7 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
 def _activation_classes() -> tuple[type, ...]:
     from transformers import activations
 
-    classes: set[type] = {PolyNorm, PolyReLU, PolyNormGated, PolyReLUGated}
+    classes: set[type] = {PolyCoefficients}  # every PolyCom activation, plain or gated
     for entry in dict.values(activations.ACT2CLS):
         cls = entry[0] if isinstance(entry, tuple) else entry
         if isinstance(cls, type) and issubclass(cls, nn.Module):
