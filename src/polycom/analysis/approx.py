@@ -136,6 +136,76 @@ def _snapshot(net: FCNet) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
+class _BestParams:
+    """The parameters of `net` with the lowest training loss seen so far (the fit returns those)."""
+
+    def __init__(self, net: FCNet) -> None:
+        self.net, self.loss, self.state = net, math.inf, _snapshot(net)
+
+    def offer(self, loss_value: float) -> None:
+        if math.isfinite(loss_value) and loss_value < self.loss:
+            self.loss, self.state = loss_value, _snapshot(self.net)
+
+    def restore(self) -> None:
+        self.net.load_state_dict(self.state)
+
+
+def _adam_phase(net: FCNet, x: torch.Tensor, y: torch.Tensor, cfg: ApproxConfig, best: _BestParams) -> bool:
+    """Adam with cosine decay to 1% of the rate; leaves `net` at the best iterate; True if the loss diverged."""
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.adam_lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.adam_steps, eta_min=cfg.adam_lr * 0.01)
+    diverged = False
+    for step in range(cfg.adam_steps):
+        opt.zero_grad(set_to_none=True)
+        loss = _mse(net, x, y)
+        if not torch.isfinite(loss):
+            diverged = True  # restart L-BFGS from the best Adam iterate instead
+            break
+        if step % 25 == 0:  # snapshot of the current params (every step would cost more than the step)
+            best.offer(float(loss.detach()))
+        loss.backward()
+        # Clipping keeps the cubic PolyReLU from blowing up early in training.
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        best.offer(float(_mse(net, x, y)))
+    best.restore()
+    return diverged
+
+
+def _lbfgs_phase(
+    net: FCNet, x: torch.Tensor, y: torch.Tensor, cfg: ApproxConfig, best: _BestParams
+) -> tuple[bool, int]:
+    """L-BFGS (strong-Wolfe line search); leaves `net` at the best iterate; returns (diverged, iterations run)."""
+    lbfgs = torch.optim.LBFGS(
+        net.parameters(),
+        lr=1.0,
+        max_iter=cfg.lbfgs_steps,
+        history_size=50,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-16,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        lbfgs.zero_grad(set_to_none=True)
+        loss = _mse(net, x, y)
+        loss.backward()
+        return loss
+
+    diverged = False
+    try:
+        lbfgs.step(closure)
+    except RuntimeError:  # a line search that produced NaN internally
+        diverged = True
+    iters = int(lbfgs.state[lbfgs._params[0]].get("n_iter", 0))
+    with torch.no_grad():
+        best.offer(float(_mse(net, x, y)))
+    best.restore()
+    return diverged, iters
+
+
 def fit_one(target: Target, activation: str, width: int, depth: int, seed: int, cfg: ApproxConfig, data=None):
     """Fit one FCNet to `target` (Adam, then L-BFGS) and measure its errors; returns a FitResult."""
     data = data or _make_data(target, cfg)
@@ -146,62 +216,16 @@ def fit_one(target: Target, activation: str, width: int, depth: int, seed: int, 
         torch.manual_seed(seed)
         net = FCNet(net_cfg, dtype=dtype)
     x, y = data.x_train, data.y_train
-    best_loss, best_state, diverged = math.inf, _snapshot(net), False
-    lbfgs_iters = 0
-
-    def keep_if_better(loss_value: float) -> None:
-        nonlocal best_loss, best_state
-        if math.isfinite(loss_value) and loss_value < best_loss:
-            best_loss, best_state = loss_value, _snapshot(net)
-
+    best = _BestParams(net)
+    diverged, lbfgs_iters = False, 0
     if cfg.adam_steps:
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.adam_lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.adam_steps, eta_min=cfg.adam_lr * 0.01)
-        for step in range(cfg.adam_steps):
-            opt.zero_grad(set_to_none=True)
-            loss = _mse(net, x, y)
-            if not torch.isfinite(loss):
-                diverged = True  # restart L-BFGS from the best Adam iterate instead
-                break
-            if step % 25 == 0:  # snapshot of the current params (every step would cost more than the step)
-                keep_if_better(float(loss.detach()))
-            loss.backward()
-            # Clipping keeps the cubic PolyReLU from blowing up early in training.
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-            opt.step()
-            sched.step()
-        with torch.no_grad():
-            keep_if_better(float(_mse(net, x, y)))
-        net.load_state_dict(best_state)
+        diverged = _adam_phase(net, x, y, cfg, best)
     with torch.no_grad():
         adam_mse = float(_mse(net, x, y))
-    keep_if_better(adam_mse)
-
+    best.offer(adam_mse)
     if cfg.lbfgs_steps:
-        lbfgs = torch.optim.LBFGS(
-            net.parameters(),
-            lr=1.0,
-            max_iter=cfg.lbfgs_steps,
-            history_size=50,
-            tolerance_grad=1e-14,
-            tolerance_change=1e-16,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure():
-            lbfgs.zero_grad(set_to_none=True)
-            loss = _mse(net, x, y)
-            loss.backward()
-            return loss
-
-        try:
-            lbfgs.step(closure)
-        except RuntimeError:  # a line search that produced NaN internally
-            diverged = True
-        lbfgs_iters = int(lbfgs.state[lbfgs._params[0]].get("n_iter", 0))
-        with torch.no_grad():
-            keep_if_better(float(_mse(net, x, y)))
-        net.load_state_dict(best_state)
+        lbfgs_diverged, lbfgs_iters = _lbfgs_phase(net, x, y, cfg, best)
+        diverged = diverged or lbfgs_diverged
 
     # Convergence record: gradient norm of the training loss at the returned parameters.
     net.zero_grad(set_to_none=True)
@@ -223,7 +247,7 @@ def fit_one(target: Target, activation: str, width: int, depth: int, seed: int, 
         params=fcnet_param_count(net_cfg),
         l2=l2,
         sup=sup,
-        train_mse=best_loss,
+        train_mse=best.loss,
         adam_mse=adam_mse,
         seconds=time.perf_counter() - start,
         cpu_seconds=time.process_time() - cpu_start,
