@@ -1,6 +1,6 @@
 """`polycom bench model`: training-step time, tokens/s, MFU and peak memory of the LM per activation.
 
-Defaults: on a GPU the anchor config of anchor-measurements.md (preset `anchor`: d 1024, 8 layers,
+Defaults: on a GPU the anchor benchmark config (preset `anchor`: d 1024, 8 layers,
 16 heads, vocab 32000; batch 16 x 1024, bf16 autocast, fused AdamW); on CPU the `tiny` preset with a
 small batch in fp32 (MFU and memory "n/a"). SwiGLU always runs first as the baseline. Rows (card,
 versions, git commit, date, settings, numbers) are appended to
