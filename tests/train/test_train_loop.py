@@ -8,10 +8,10 @@ import torch
 from polycom.data import PrepareConfig, embedded_corpus_text, prepare_data
 from polycom.errors import UserError
 from polycom.models import build_model, get_preset
-from polycom.train import WarmupCosine, load_config, load_run_model, train
+from polycom.train import WarmupCosine, load_config, load_run, train
 from polycom.train.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint
 from polycom.train.metrics import read_metrics
-from polycom.train.trainer import build_optimizer
+from polycom.train.optim import build_optimizer
 
 SMALL = [
     "--model.d_model=32",
@@ -55,7 +55,7 @@ def test_thirty_steps_loss_drops(tmp_path, data_dir):
         assert (run / name).exists(), name
     for key in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "memory_mb"):
         assert key in records[-1]
-    model, mcfg, tok = load_run_model(run)
+    model, mcfg, tok, _, _ = load_run(run)
     assert mcfg.activation == "polynorm"
     assert tok.decode(tok.encode("Hamlet")) == "Hamlet"
     state = load_checkpoint(find_checkpoint(run))
@@ -114,7 +114,7 @@ def test_corrupt_checkpoint_is_refused_and_nothing_overwritten(tmp_path, data_di
     with pytest.raises(UserError, match="checksum"):
         train(cfg2, tmp_path / "r", resume=True)
     with pytest.raises(UserError, match="checksum"):
-        load_run_model(tmp_path / "r")
+        load_run(tmp_path / "r")
     after = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
     assert before == after
     # truncated

@@ -30,15 +30,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from polycom.errors import UserError
-    from polycom.train.checkpoint import load_run_model
-    from polycom.train.trainer import _pick_device
+    from polycom.train.checkpoint import load_run
+    from polycom.utils.hardware import pick_device
 
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.temperature < 0:
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    device = _pick_device(args.device)
-    model, config, tok = load_run_model(args.run, device=device, step=args.step)
+    device = pick_device(args.device, option="--device")
+    model, config, tok, _, _ = load_run(args.run, device=device, step=args.step)
     ids = tok.encode(args.prompt)
     if not ids:
         ids = [tok.eos_id if tok.eos_id is not None else int(tok.encode("\n")[0])]

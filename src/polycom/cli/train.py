@@ -42,8 +42,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from polycom.errors import UserError
+    from polycom.train import load_resume_config, train
     from polycom.train.config import load_config
-    from polycom.train.trainer import load_resume_config, train
 
     overrides = list(args.overrides)
     if args.steps is not None:
