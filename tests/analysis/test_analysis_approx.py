@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from polycom.analysis.approx import ApproxConfig, run_approx, write_approx_outputs
-from polycom.analysis.fcnet import FCNet, FCNetConfig, fcnet_param_count
-from polycom.analysis.stats import fit_loglog_slope
-from polycom.analysis.targets import get_target, grid_unit_cube, target_names
+from polycom.analysis.theory.approx import ApproxConfig, run_approx, write_approx_outputs
+from polycom.analysis.theory.fcnet import FCNet, FCNetConfig, fcnet_param_count
+from polycom.analysis.theory.stats import fit_loglog_slope
+from polycom.analysis.theory.targets import get_target, grid_unit_cube, target_names
 
 ACTIVATIONS = ["relu", "relu2", "gelu", "polyrelu", "polynorm"]
 
@@ -113,7 +113,7 @@ def test_tiny_approx_run_error_decreases_with_width(tmp_path):
 
 
 def test_fits_are_reproducible():
-    from polycom.analysis.approx import fit_one
+    from polycom.analysis.theory.approx import fit_one
 
     cfg = ApproxConfig(targets=["abspow1d"], adam_steps=20, lbfgs_steps=5, n_train=64, n_test=64)
     t = get_target("abspow1d")

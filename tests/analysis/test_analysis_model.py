@@ -6,8 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from polycom.analysis.model_analysis import analyze_model, effective_rank, find_mlp_blocks, hidden_state_similarity
-from polycom.analysis.model_report import write_model_outputs
+from polycom.analysis.trained.model_analysis import (
+    analyze_model,
+    effective_rank,
+    find_mlp_blocks,
+    hidden_state_similarity,
+)
+from polycom.analysis.trained.model_report import write_model_outputs
 from polycom.errors import UserError
 from polycom.models import MoEConfig, build_model, get_preset
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from polycom.analysis.model_analysis import cosine_similarity_matrix, effective_rank
+from polycom.analysis.trained.model_analysis import cosine_similarity_matrix, effective_rank
 
 
 def _orthogonal(n: int, gen: torch.Generator) -> torch.Tensor:

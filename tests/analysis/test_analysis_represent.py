@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from polycom import PolyReLU
-from polycom.analysis.represent import (
+from polycom.analysis.theory.represent import (
     construction_curve,
     cube_net,
     random_relu_net,

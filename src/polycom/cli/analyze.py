@@ -43,8 +43,8 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS")
     parser.set_defaults(handler=lambda args: _no_analysis(parser))
 
-    from polycom.analysis.approx import ApproxConfig
-    from polycom.analysis.targets import target_names
+    from polycom.analysis.theory.approx import ApproxConfig
+    from polycom.analysis.theory.targets import target_names
 
     d = ApproxConfig()
     ap = sub.add_parser(
@@ -119,8 +119,8 @@ def _print_outputs(paths: dict, seconds: float) -> None:
 
 
 def _approx(args: argparse.Namespace) -> int:
-    from polycom.analysis.approx import ApproxConfig, run_approx, write_approx_outputs
-    from polycom.analysis.targets import target_names
+    from polycom.analysis.theory.approx import ApproxConfig, run_approx, write_approx_outputs
+    from polycom.analysis.theory.targets import target_names
 
     d = ApproxConfig()
     targets = _names(args.targets) or d.targets
@@ -144,7 +144,7 @@ def _approx(args: argparse.Namespace) -> int:
     print(f"polycom analyze approx: {cfg.num_fits()} fits in {args.jobs} process(es)")
     result = run_approx(cfg, progress=not args.no_progress, jobs=args.jobs)
     paths = write_approx_outputs(result, args.out)
-    from polycom.analysis.approx import approx_markdown
+    from polycom.analysis.theory.approx import approx_markdown
 
     print(approx_markdown(result))
     _print_outputs(paths, time.perf_counter() - start)
@@ -152,7 +152,7 @@ def _approx(args: argparse.Namespace) -> int:
 
 
 def _represent(args: argparse.Namespace) -> int:
-    from polycom.analysis.represent import represent_markdown, run_represent, write_represent_outputs
+    from polycom.analysis.theory.represent import represent_markdown, run_represent, write_represent_outputs
 
     if args.max_level < 2:
         raise UserError(f"--max-level must be >= 2, got {args.max_level}")
@@ -171,8 +171,8 @@ def _represent(args: argparse.Namespace) -> int:
 def _model(args: argparse.Namespace) -> int:
     import torch
 
-    from polycom.analysis.model_analysis import ModelAnalysisConfig
-    from polycom.analysis.model_report import analyze_runs, model_markdown, write_model_outputs
+    from polycom.analysis.trained.model_analysis import ModelAnalysisConfig
+    from polycom.analysis.trained.model_report import analyze_runs, model_markdown, write_model_outputs
 
     try:
         device = torch.device(args.device)

@@ -1,6 +1,6 @@
 """Empirical approximation rates: sup/L2 error vs parameter count for each activation.
 
-For every target f (see `polycom.analysis.targets`), activation, width K, depth L and seed, an
+For every target f (see `polycom.analysis.theory.targets`), activation, width K, depth L and seed, an
 `FCNet` is fitted to f on ``n_train`` uniform points of [0,1]^d by full-batch Adam (cosine learning
 rate) followed by L-BFGS with a strong-Wolfe line search (the usual recipe for training small nets
 to convergence). Errors of the fitted net g:
@@ -11,7 +11,7 @@ to convergence). Errors of the fitted net g:
 Per (target, activation) and size, the best error over the seeds (the approximation error the
 architecture can reach; a failed optimisation run is not an approximation property) and the median
 are reported. The slope b of log10(err) = a + b log10(P) is fitted by OLS over the sizes with a
-Student-t confidence interval (`polycom.analysis.stats`). Theorem 3 predicts b = -n/d for the
+Student-t confidence interval (`polycom.analysis.theory.stats`). Theorem 3 predicts b = -n/d for the
 limited-smoothness targets (n = smoothness, d = dim) for PolyReLU nets of growing size.
 """
 
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from polycom.analysis.fcnet import FC_ACTIVATIONS, FCNet, FCNetConfig, check_fc_activation, fcnet_param_count
 from polycom.analysis.io import provenance, write_json, write_text
-from polycom.analysis.stats import fit_loglog_slope
-from polycom.analysis.targets import Target, get_target, grid_unit_cube, sample_unit_cube
+from polycom.analysis.theory.fcnet import FC_ACTIVATIONS, FCNet, FCNetConfig, check_fc_activation, fcnet_param_count
+from polycom.analysis.theory.stats import fit_loglog_slope
+from polycom.analysis.theory.targets import Target, get_target, grid_unit_cube, sample_unit_cube
 
 __all__ = ["ApproxConfig", "FitResult", "fit_one", "run_approx", "summarize_approx", "approx_markdown"]
 
@@ -438,7 +438,7 @@ def approx_markdown(result: dict) -> str:
 
 def write_approx_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """approx.json, approx.md and approx.png in `out_dir` (atomic writes)."""
-    from polycom.analysis.plots import plot_approx
+    from polycom.analysis.theory.plots import plot_approx
 
     out = Path(out_dir)
     paths = {

@@ -506,7 +506,7 @@ def represent_markdown(result: dict) -> str:
 
 
 def write_represent_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
-    from polycom.analysis.plots import plot_represent
+    from polycom.analysis.theory.plots import plot_represent
 
     out = Path(out_dir)
     return {

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from polycom.analysis.io import provenance, write_json, write_text
-from polycom.analysis.model_analysis import ModelAnalysisConfig, analyze_model, windows
-from polycom.analysis.runs import load_analysis_model, validation_tokens
+from polycom.analysis.trained.model_analysis import ModelAnalysisConfig, analyze_model, windows
+from polycom.analysis.trained.runs import load_analysis_model, validation_tokens
 from polycom.errors import UserError
 
 __all__ = ["analyze_runs", "model_markdown", "write_model_outputs"]
@@ -142,7 +142,7 @@ def model_markdown(report: dict) -> str:
 
 
 def write_model_outputs(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    from polycom.analysis.plots import (
+    from polycom.analysis.trained.plots import (
         plot_model_activations,
         plot_model_coefficients,
         plot_model_erank,
