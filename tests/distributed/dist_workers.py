@@ -229,14 +229,14 @@ def _build(ctx, run: dict):
 def run_task(ctx, task: dict):
     """One task on an initialised context. kinds:
     train:  build + parallelize + train `steps` steps -> loss curve
-    save:   train `save_at` steps, save_checkpoint(path, extra_state={"step": save_at}), train to `steps`
+    save:   train `save_at` steps, save_sharded(path, extra_state={"step": save_at}), train to `steps`
             -> losses of the steps after the save
-    resume: build + parallelize, load_checkpoint(path) -> (extra_state, losses of steps extra["step"]..steps)
+    resume: build + parallelize, load_sharded(path) -> (extra_state, losses of steps extra["step"]..steps)
     meta_init: build on meta + parallelize -> facts about the initialised weights
     error:  run `inner` (a task) expecting a UserError -> its message
     """
-    from polycom.distributed.checkpoint import load_checkpoint, save_checkpoint
     from polycom.errors import UserError
+    from polycom.train.checkpoint import load_sharded, save_sharded
 
     kind = task["kind"]
     dp_group = ctx.dp_mesh.get_group() if ctx.dp_size > 1 else None
@@ -258,10 +258,10 @@ def run_task(ctx, task: dict):
     if kind == "save":
         k = task["save_at"]
         run_steps(model, opt, batches[:k], ctx.dp_rank, ctx.dp_size, dp_group)
-        save_checkpoint(task["path"], model, opt, {"step": k}, ctx)
+        save_sharded(task["path"], model, opt, {"step": k}, ctx)
         return run_steps(model, opt, batches[k:], ctx.dp_rank, ctx.dp_size, dp_group)
     if kind == "resume":
-        extra = load_checkpoint(task["path"], model, opt, ctx)
+        extra = load_sharded(task["path"], model, opt, ctx)
         return extra, run_steps(model, opt, batches[extra["step"] :], ctx.dp_rank, ctx.dp_size, dp_group)
     if kind == "meta_init":
         from torch.distributed.tensor import DTensor

@@ -8,10 +8,10 @@ from dist_harness import run_workers, values
 from dist_workers import init_error_worker, missing_peer_worker, skipped_collective_worker, tiny_config
 
 from polycom.distributed import DistContext, ParallelConfig, init_distributed, parallelize
-from polycom.distributed.checkpoint import export_safetensors, load_checkpoint
 from polycom.distributed.parallelize import check_tp_compatible
 from polycom.errors import UserError
 from polycom.models import build_model
+from polycom.train.checkpoint import export_safetensors, load_sharded, save_sharded
 
 pytestmark = pytest.mark.distributed
 
@@ -100,50 +100,52 @@ def test_skipped_collective_times_out_instead_of_hanging():
 def test_bad_checkpoint_folders(tmp_path):
     model = build_model(tiny_config())
     with pytest.raises(UserError, match="does not exist"):
-        load_checkpoint(tmp_path / "nope", model, None, DistContext())
+        load_sharded(tmp_path / "nope", model, None, DistContext())
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a polycom distributed checkpoint"):
-        load_checkpoint(tmp_path / "empty", model, None, DistContext())
+        load_sharded(tmp_path / "empty", model, None, DistContext())
     with pytest.raises(UserError, match="not a polycom distributed checkpoint"):
         export_safetensors(tmp_path / "empty", tmp_path / "out.safetensors")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "polycom_meta.json").write_text("{not json")
     with pytest.raises(UserError, match="unreadable"):
-        load_checkpoint(bad, model, None, DistContext())
+        load_sharded(bad, model, None, DistContext())
 
 
 def test_single_process_save_load_roundtrip_and_optimizer_mismatch(tmp_path):
-    from polycom.distributed.checkpoint import save_checkpoint
-
     torch.manual_seed(0)
     model = build_model(tiny_config())
-    save_checkpoint(tmp_path / "ck", model, None, {"step": 7}, DistContext())
+    save_sharded(tmp_path / "ck", model, None, {"step": 7}, DistContext())
     other = build_model(tiny_config())
-    assert load_checkpoint(tmp_path / "ck", other, None, DistContext()) == {"step": 7}
+    assert load_sharded(tmp_path / "ck", other, None, DistContext()) == {"step": 7}
     for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), name
     opt = torch.optim.AdamW(other.parameters())
     with pytest.raises(UserError, match="holds no optimizer state"):
-        load_checkpoint(tmp_path / "ck", other, opt, DistContext())
+        load_sharded(tmp_path / "ck", other, opt, DistContext())
     # saving again over the folder replaces it atomically
-    save_checkpoint(tmp_path / "ck", other, opt, {"step": 8}, DistContext())
-    assert load_checkpoint(tmp_path / "ck", model, torch.optim.AdamW(model.parameters()), DistContext()) == {"step": 8}
+    save_sharded(tmp_path / "ck", other, opt, {"step": 8}, DistContext())
+    assert load_sharded(tmp_path / "ck", model, torch.optim.AdamW(model.parameters()), DistContext()) == {"step": 8}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
 def test_export_command_line(tmp_path, capsys):
     from safetensors import safe_open
 
-    from polycom.distributed.checkpoint import main, save_checkpoint
+    from polycom.cli import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "missing"), str(tmp_path / "out.safetensors")])
-    assert exit_info.value.code == 2
-    assert "checkpoint folder" in capsys.readouterr().err
+    out = str(tmp_path / "out.safetensors")
+    assert main(["export", "--checkpoint", str(tmp_path / "missing"), "--out", out]) == 2
+    assert "polycom export: error: checkpoint folder" in capsys.readouterr().err
     model = build_model(tiny_config(tie_embeddings=True))
-    save_checkpoint(tmp_path / "ck", model, None, {}, DistContext())
-    assert main([str(tmp_path / "ck"), str(tmp_path / "out.safetensors")]) == 0
+    save_sharded(tmp_path / "ck", model, None, {}, DistContext())
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", out, "--step", "3"]) == 2
+    assert "--step and --no-verify apply to --run" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", out]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", out]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", out, "--overwrite"]) == 0
     with safe_open(str(tmp_path / "out.safetensors"), "pt") as f:
         assert set(f.keys()) == set(model.state_dict())
         assert "lm_head.weight" not in set(f.keys())

@@ -147,13 +147,13 @@ def test_resume_on_other_world_sizes_continues_the_curve(two_rank, four_rank, ck
 def test_export_safetensors_equals_the_loaded_model(two_rank, ckpt_path, tmp_path):
     from safetensors.torch import load_file
 
-    from polycom.distributed.checkpoint import export_safetensors, load_checkpoint
     from polycom.models import build_model
+    from polycom.train.checkpoint import export_safetensors, load_sharded
 
     out = export_safetensors(ckpt_path, tmp_path / "model.safetensors")
     exported = load_file(str(out))
     model = build_model(tiny_config())
-    load_checkpoint(ckpt_path, model, None, DistContext())
+    load_sharded(ckpt_path, model, None, DistContext())
     state = model.state_dict()
     assert set(exported) == set(state)
     for name, value in state.items():

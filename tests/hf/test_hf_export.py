@@ -88,7 +88,7 @@ def test_export_of_a_real_polycom_train_run(tmp_path):
     """`polycom train` (a few steps) -> `polycom export` -> Auto API: same logits and same tokenizer as the run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from polycom.train.checkpoint import load_run_model
+    from polycom.train.checkpoint import load_run
 
     run = tmp_path / "run"
     train_args = ["train", "--steps", "3", "--out", str(run), "--no-progress", "--model.activation=polynorm"]
@@ -98,7 +98,7 @@ def test_export_of_a_real_polycom_train_run(tmp_path):
     assert main(train_args) == 0
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
 
-    harness, _, tokenizer = load_run_model(run)
+    harness, _, tokenizer, _, _ = load_run(run)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     ids = hf_tok(TEXT[:60], return_tensors="pt").input_ids

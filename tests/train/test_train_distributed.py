@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from polycom.data import PrepareConfig, embedded_corpus_text, prepare_data
-from polycom.train import load_run_model
+from polycom.train import load_run
 from polycom.train.metrics import read_metrics
 
 SMALL = [
@@ -48,5 +48,5 @@ def test_fsdp_two_processes_train_resume_and_load(tmp_path):
     assert steps == [2, 4, 6]
     records = read_metrics(run / "metrics.jsonl")
     assert records[-1]["val_loss"] < records[0]["val_loss"]
-    model, cfg, tok = load_run_model(run)  # DCP resharded onto one process
+    model, cfg, tok, _, _ = load_run(run)  # DCP resharded onto one process
     assert cfg.d_model == 32 and model.num_parameters() > 0

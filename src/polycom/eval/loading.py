@@ -5,14 +5,13 @@ with ``encode(text) -> list[int]`` / ``decode(ids) -> str`` (no special tokens a
 the context length and the token used as the "previous token" of an empty context.
 
 Checks (each a `UserError` naming the folder and the problem): the path exists; it is a run folder
-(``config.json`` with a ``model`` section, ``checkpoints/``) or a Hugging Face folder (``config.json``
-+ weights); a Hugging Face folder has tokenizer files; the tokenizer's vocabulary fits the model's
+(`polycom.train.checkpoint.is_run_folder`: ``config.json`` with a ``model`` section, ``checkpoints/``;
+loaded with `polycom.train.checkpoint.load_run`) or a Hugging Face folder (``config.json`` + weights); a Hugging Face folder has tokenizer files; the tokenizer's vocabulary fits the model's
 embedding (a larger tokenizer means model and tokenizer do not belong together).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,17 +47,6 @@ class EvalModel:
     module: torch.nn.Module
 
 
-def _is_run_folder(folder: Path) -> bool:
-    config = folder / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(data, dict) and "model" in data and "model_type" not in data
-
-
 def _prefix_token(eos: int | None, encode: Callable[[str], list[int]]) -> int:
     # lm-eval conditions an empty context on this token; without an EOS (byte tokenizer) use a newline.
     if eos is not None:
@@ -84,8 +72,10 @@ def load_eval_model(
         raise UserError(f"model path {folder} not found")
     if not folder.is_dir():
         raise UserError(f"{folder} is not a model: expected a folder (a polycom run folder or a Hugging Face folder)")
+    from polycom.train.checkpoint import is_run_folder
+
     device = torch.device(device)
-    if _is_run_folder(folder):
+    if is_run_folder(folder):
         return _load_run(folder, device, dtype, step)
     if (folder / "config.json").is_file():
         return _load_hf(folder, device, dtype)
@@ -96,9 +86,9 @@ def load_eval_model(
 
 
 def _load_run(folder: Path, device: torch.device, dtype: torch.dtype | None, step: int | None) -> EvalModel:
-    from polycom.train.checkpoint import load_run_model
+    from polycom.train.checkpoint import load_run
 
-    model, model_config, tok = load_run_model(folder, device=device, step=step)
+    model, model_config, tok, _, _ = load_run(folder, device=device, step=step)
     if dtype is not None:
         model = model.to(dtype)
     _check_vocab(folder, tok.vocab_size, model_config.vocab_size)

@@ -173,12 +173,11 @@ def export_run(
     run_dir: str | Path, out_dir: str | Path, *, step: int | None = None, overwrite: bool = False, verify: bool = True
 ) -> Path:
     """Export the latest (or `step`) checkpoint of a harness run folder with its tokenizer."""
-    from polycom.train.checkpoint import find_checkpoint, load_run_model
+    from polycom.train.checkpoint import load_run
 
     run = Path(run_dir).expanduser()
     if not run.is_dir():
         raise UserError(f"run folder {run} not found")
-    ckpt = find_checkpoint(run, step)
-    model, _, tokenizer = load_run_model(run, device="cpu", step=step)
-    source = {"run": str(run.resolve()), "checkpoint": ckpt.name}
-    return export_model(model, tokenizer, out_dir, overwrite=overwrite, verify=verify, source=source)
+    loaded = load_run(run, device="cpu", step=step)
+    source = {"run": str(run.resolve()), "checkpoint": loaded.checkpoint.name}
+    return export_model(loaded.model, loaded.tokenizer, out_dir, overwrite=overwrite, verify=verify, source=source)

@@ -1,8 +1,9 @@
 """Loading models to analyse (harness run folders, Hugging Face folders) and their validation tokens.
 
-A folder is a harness run when it has ``run.json`` or ``checkpoints/`` (loaded with
-`polycom.train.checkpoint.load_run_model`, which raises UserError for a folder without a
-checkpoint), and a Hugging Face folder when it has ``config.json`` with a ``model_type`` (loaded with
+A folder is a harness run when `polycom.train.checkpoint.is_run_folder` says so (``config.json`` with a
+``model`` section, or ``run.json`` / ``checkpoints/``; loaded with `polycom.train.checkpoint.load_run`,
+which raises UserError for a folder without a checkpoint), and a Hugging Face folder when it has
+``config.json`` with a ``model_type`` (loaded with
 `polycom.hf.persistence.load_model_folder` after ``import polycom.hf`` registers the PolyCom classes).
 
 Validation tokens, first match wins: ``--data DIR`` (a prepared data folder: its ``val`` split);
@@ -35,29 +36,19 @@ class LoadedModel:
     config: dict
 
 
-def _is_run_folder(folder: Path) -> bool:
-    return (folder / "run.json").is_file() or (folder / "checkpoints").is_dir()
-
-
 def load_analysis_model(path: str | Path, label: str | None = None, device: str = "cpu") -> LoadedModel:
     """Load a harness run folder or a Hugging Face model folder (see module docstring)."""
+    from polycom.train.checkpoint import is_run_folder, load_run
+
     folder = Path(path).expanduser()
     if not folder.exists():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; pass a polycom run folder or a Hugging Face model folder")
     label = label or folder.name
-    if _is_run_folder(folder):
-        from polycom.train.checkpoint import load_run_model
-
-        if (folder / "checkpoints").is_dir() and not any((folder / "checkpoints").glob("*.pt")):
-            raise UserError(f"run folder {folder} has no checkpoint in {folder / 'checkpoints'}")
-        model, model_config, tokenizer = load_run_model(folder, device=device)
-        config = {}
-        cfg_path = folder / "config.json"
-        if cfg_path.is_file():
-            config = json.loads(cfg_path.read_text())
-        config.setdefault("model", model_config.to_dict())
+    if is_run_folder(folder):
+        model, _, tokenizer, config, _ = load_run(folder, device=device)
+        config = dict(config)
         header_path = folder / "run.json"
         if header_path.is_file():  # the trainer records the resolved data folder there
             try:
@@ -80,8 +71,8 @@ def load_analysis_model(path: str | Path, label: str | None = None, device: str 
             model, tokenizer = load_model_folder(folder)
             return LoadedModel(label, "hf", str(folder), model.to(device).eval(), tokenizer, {"hf_config": hf_config})
     raise UserError(
-        f"{folder} is neither a polycom run folder (run.json, checkpoints/) nor a Hugging Face model folder "
-        "(config.json with model_type)"
+        f"{folder} is neither a polycom run folder (config.json with a model section, run.json, checkpoints/) "
+        "nor a Hugging Face model folder (config.json with model_type)"
     )
 
 

@@ -1,4 +1,7 @@
-"""Distributed checkpoints (torch.distributed.checkpoint, "DCP") and single-file safetensors export.
+"""Sharded checkpoints (multi-process runs): torch.distributed.checkpoint ("DCP") folders.
+
+    save_sharded(CKPT, model, optimizer, extra_state, ctx)     # every rank; CKPT.tmp, then renamed
+    extra_state = load_sharded(CKPT, model, optimizer, ctx)    # every rank, after parallelize
 
 A checkpoint is a folder:
 
@@ -16,8 +19,8 @@ the model in memory and raises UserError naming the differences, so an incompati
 on every rank instead of hanging.
 
 `export_safetensors(CKPT, OUT)` turns the model part into one `.safetensors` file with the plain
-state-dict names of docs/models.md, for the HF/eval tools; it needs no process group:
-``python -m polycom.distributed.checkpoint CKPT OUT.safetensors``.
+state-dict names of docs/models.md, for the HF/eval tools; it needs no process group
+(``polycom export --checkpoint CKPT --out OUT.safetensors``).
 """
 
 from __future__ import annotations
@@ -35,14 +38,15 @@ from torch import nn
 
 from polycom.distributed.runtime import DistContext
 from polycom.errors import UserError
+from polycom.utils.atomic import replace_folder
 
 __all__ = [
-    "save_checkpoint",
-    "load_checkpoint",
-    "read_checkpoint_meta",
     "export_safetensors",
-    "save_full_safetensors",
+    "load_sharded",
     "model_signature",
+    "read_checkpoint_meta",
+    "save_full_safetensors",
+    "save_sharded",
 ]
 
 FORMAT = "polycom-dcp-1"
@@ -53,10 +57,6 @@ EXTRA_FILE = "extra_state.pt"
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def model_signature(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -75,6 +75,26 @@ def _model_config(model: nn.Module) -> dict | None:
     cfg = getattr(model, "config", None)
     to_dict = getattr(cfg, "to_dict", None)
     return to_dict() if callable(to_dict) else None
+
+
+def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """What DCP saves / loads in place: {"model": ..., "optim": ...} (no "optim" without an optimizer)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        return {"model": get_model_state_dict(model)}
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optim": optim_state}
+
+
+def write_extra_state(folder: Path, extra_state: dict) -> None:
+    """The one writer of ``extra_state.pt`` (rank 0's trainer state: step, RNG, data position, ...)."""
+    torch.save(extra_state, folder / EXTRA_FILE)
+
+
+def read_extra_state(folder: Path) -> dict:
+    """The one reader of ``extra_state.pt`` (the dict `write_extra_state` wrote)."""
+    return torch.load(folder / EXTRA_FILE, weights_only=False)
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:
@@ -122,7 +142,7 @@ def _check_compatible(meta: dict, model: nn.Module, folder: Path) -> None:
         raise UserError(f"checkpoint {folder} was saved from an incompatible model: {shown}")
 
 
-def save_checkpoint(
+def save_sharded(
     path: str | os.PathLike,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -135,7 +155,6 @@ def save_checkpoint(
     Works with one process too (no process group needed).
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     folder = Path(path)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -145,11 +164,7 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     _barrier()
-    if optimizer is not None:
-        model_state, optim_state = get_state_dict(model, optimizer)
-        state = {"model": model_state, "optim": optim_state}
-    else:
-        state = {"model": get_model_state_dict(model)}
+    state = _dcp_state(model, optimizer)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process")
         dcp.save(state, checkpoint_id=str(tmp), no_dist=not ctx.distributed)
@@ -165,48 +180,32 @@ def save_checkpoint(
             "tensors": signature,
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        torch.save(extra_state or {}, tmp / EXTRA_FILE)
+        write_extra_state(tmp, extra_state or {})
     _barrier()
     if ctx.is_main:
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old.exists():
-            shutil.rmtree(old)
+        replace_folder(tmp, folder)
     _barrier()
     return folder
 
 
-def load_checkpoint(
+def load_sharded(
     path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None, ctx: DistContext
 ) -> dict:
-    """Load a `save_checkpoint` folder into the (already parallelized) model and optimizer; return extra_state.
+    """Load a `save_sharded` folder into the (already parallelized) model and optimizer; return extra_state.
 
     Call on EVERY rank. The world size and layout may differ from the saving run (DCP reshards).
     UserError (on every rank, before any collective) when the folder is missing, not a polycom
     checkpoint, holds no optimizer state but `optimizer` is given, or comes from a different model.
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_state_dict,
-        set_model_state_dict,
-        set_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     folder = Path(path)
     meta = read_checkpoint_meta(folder)
     _check_compatible(meta, model, folder)
     if optimizer is not None and not meta.get("has_optimizer", False):
         raise UserError(f"checkpoint {folder} holds no optimizer state; load it with optimizer=None")
-    if optimizer is not None:
-        model_state, optim_state = get_state_dict(model, optimizer)
-        state = {"model": model_state, "optim": optim_state}
-    else:
-        state = {"model": get_model_state_dict(model)}
+    state = _dcp_state(model, optimizer)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
         dcp.load(state, checkpoint_id=str(folder), no_dist=not ctx.distributed)
@@ -214,7 +213,7 @@ def load_checkpoint(
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     else:
         set_model_state_dict(model, state["model"])
-    return torch.load(folder / EXTRA_FILE, weights_only=False)
+    return read_extra_state(folder)
 
 
 def _write_safetensors_atomic(tensors: dict[str, torch.Tensor], out: Path, metadata: dict[str, str]) -> Path:
@@ -267,26 +266,3 @@ def save_full_safetensors(model: nn.Module, out: str | os.PathLike, ctx: DistCon
         result = _write_safetensors_atomic({k: v.detach().cpu() for k, v in state.items()}, Path(out), metadata)
     _barrier()
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m polycom.distributed.checkpoint CKPT OUT.safetensors``: export_safetensors."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m polycom.distributed.checkpoint",
-        description="Export a polycom distributed checkpoint folder to one safetensors file.",
-    )
-    parser.add_argument("checkpoint", help="DCP checkpoint folder written by save_checkpoint")
-    parser.add_argument("out", help="output .safetensors file")
-    args = parser.parse_args(argv)
-    try:
-        written = export_safetensors(args.checkpoint, args.out)
-    except UserError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    print(f"wrote {written}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""The ``checkpoints/`` folder of a run: names, ``latest``, listing, finding, saving with either backend.
+
+    RUN_DIR/checkpoints/step_00000100.pt          single-process run: one file (single_file.py)
+    RUN_DIR/checkpoints/step_00000100.pt.sha256   its checksum (``sha256sum`` format)
+    RUN_DIR/checkpoints/step_00000100/            multi-process run: one DCP folder (sharded.py)
+    RUN_DIR/checkpoints/latest                    text file naming the newest checkpoint
+
+``latest`` is written last, after the checkpoint is complete; `keep` > 0 then deletes all but the
+newest `keep` checkpoints (oldest first).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from polycom.errors import UserError
+from polycom.train.checkpoint.single_file import checksum_path, write_checkpoint_file, write_synced
+
+__all__ = [
+    "checkpoint_dir",
+    "checkpoint_path",
+    "find_checkpoint",
+    "list_checkpoints",
+    "save_checkpoint",
+    "save_sharded_checkpoint",
+]
+
+_NAME = re.compile(r"^step_(\d{8})(\.pt)?$")  # .pt: single-process file; no suffix: DCP folder
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """The single-file checkpoint of `step`; its DCP folder is the same name without ``.pt``."""
+    return checkpoint_dir(run_dir) / f"step_{step:08d}.pt"
+
+
+def _step_of(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run (files, or DCP folders of multi-process runs), oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.match(p.name) and (p.is_dir() or p.suffix == ".pt")]
+    return sorted(found, key=_step_of)
+
+
+def _finish(run_dir: str | Path, final: Path, keep: int) -> None:
+    """Point ``latest`` at `final`, then delete all but the newest `keep` checkpoints (0 = keep all)."""
+    write_synced(checkpoint_dir(run_dir) / "latest", lambda fh: fh.write(final.name + "\n"), mode="w")
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+            checksum_path(old).unlink(missing_ok=True)
+
+
+def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], *, keep: int = 0) -> Path:
+    """Write `state` as the single-file checkpoint of `step` (atomic, with checksum); keep the newest `keep`."""
+    final = write_checkpoint_file(checkpoint_path(run_dir, step), step, state)
+    _finish(run_dir, final, keep)
+    return final
+
+
+def save_sharded_checkpoint(run_dir, step: int, model, optimizer, extra: dict, ctx, *, keep: int = 0) -> Path:
+    """Multi-process runs: every rank saves its shards into the DCP folder of `step` (call on EVERY rank).
+
+    The folder is written under a temporary name and renamed when complete (atomic); DCP folders carry
+    no sha256 file (each rank writes its own shard files).
+    """
+    from polycom.train.checkpoint.sharded import save_sharded
+
+    final = checkpoint_path(run_dir, step).with_suffix("")
+    save_sharded(final, model, optimizer, extra, ctx)
+    if ctx.is_main:
+        _finish(run_dir, final, keep)
+    return final
+
+
+def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
+    """The checkpoint of `step`, or the latest; UserError naming the folder when there is none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} not found")
+    if step is not None:
+        path = checkpoint_path(run_dir, step)
+        if not path.is_file() and path.with_suffix("").is_dir():
+            return path.with_suffix("")
+        if not path.is_file():
+            steps = [_step_of(p) for p in list_checkpoints(run_dir)]
+            raise UserError(f"{run_dir} has no checkpoint for step {step} (available: {steps or 'none'})")
+        return path
+    latest = checkpoint_dir(run_dir) / "latest"
+    if latest.is_file():
+        path = checkpoint_dir(run_dir) / latest.read_text().strip()
+        if path.exists():
+            return path
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise UserError(f"{run_dir} holds no checkpoint (expected {checkpoint_dir(run_dir)}/step_*.pt)")
+    return found[-1]
