@@ -12,7 +12,11 @@
   input of down_proj; for GLUs the gated product), as moments, quantiles and a histogram.
 
 MLPs are found by structure: a module with ``up_proj`` and ``down_proj`` (nn.Linear, or stacked
-(E, ., .) expert parameters under ``experts``) and an activation ``act`` / ``act_fn`` / ``expert_acts``.
+(E, ., .) expert parameters, under ``experts`` or in the module itself) or a fused ``gate_up_proj``
+(Phi-3; transformers 5 stacked experts of OLMoE / Mixtral / Qwen-MoE, gate = first half), and an
+activation ``act`` / ``act_fn`` / ``activation_fn`` / ``expert_acts`` (an nn.ModuleList = one per
+expert). For transformers' experts the recorded activation output is act(gate), before the product
+with up (the experts module has no submodule whose input is the product).
 Blocks are the ``layers`` nn.ModuleList of the model (harness `PolyComLM.layers`, HF
 ``model.model.layers``).
 """
@@ -120,26 +124,45 @@ def _weight_of(obj) -> torch.Tensor | None:
     return None
 
 
-def _match_mlp(module: nn.Module) -> tuple[dict[str, torch.Tensor], list[nn.Module], bool] | None:
-    holder, moe = module, False
-    experts = getattr(module, "experts", None)
-    if isinstance(experts, nn.Module) and _weight_of(getattr(experts, "up_proj", None)) is not None:
-        holder, moe = experts, True
+def _stacked_weights(holder: nn.Module) -> dict[str, torch.Tensor]:
+    """gate_proj / up_proj / down_proj of `holder`; a fused ``gate_up_proj`` (Phi-3 (2h, d), transformers 5
+    stacked experts (E, 2h, d)) is split into its gate (first half) and up (second half) views."""
     weights = {}
+    fused = _weight_of(getattr(holder, "gate_up_proj", None))
+    if fused is not None:
+        h = fused.shape[-2] // 2
+        weights["gate_proj"], weights["up_proj"] = fused[..., :h, :], fused[..., h:, :]
     for key in ("gate_proj", "up_proj", "down_proj"):
         w = _weight_of(getattr(holder, key, None))
-        if w is not None:
+        if w is not None and key not in weights:
             weights[key] = w
+    return weights
+
+
+def _activations_of(module: nn.Module) -> list[nn.Module]:
+    """``act`` / ``act_fn`` / ``activation_fn`` modules and ``expert_acts``; an nn.ModuleList is one per expert."""
+    acts: list[nn.Module] = []
+    for key in ("act", "act_fn", "activation_fn", "expert_acts"):
+        a = getattr(module, key, None)
+        if isinstance(a, nn.ModuleList):
+            acts.extend(a)
+        elif isinstance(a, nn.Module):
+            acts.append(a)
+    return acts
+
+
+def _match_mlp(module: nn.Module) -> tuple[dict[str, torch.Tensor], list[nn.Module], bool] | None:
+    holder = module
+    experts = getattr(module, "experts", None)
+    if isinstance(experts, nn.Module) and any(
+        _weight_of(getattr(experts, key, None)) is not None for key in ("up_proj", "gate_up_proj")
+    ):
+        holder = experts
+    weights = _stacked_weights(holder)
     if "up_proj" not in weights or "down_proj" not in weights:
         return None
-    acts: list[nn.Module] = []
-    for key in ("act", "act_fn"):
-        a = getattr(module, key, None)
-        if isinstance(a, nn.Module):
-            acts.append(a)
-    expert_acts = getattr(module, "expert_acts", None)
-    if isinstance(expert_acts, nn.ModuleList):
-        acts.extend(expert_acts)
+    moe = weights["down_proj"].dim() == 3
+    acts = _activations_of(module) + (_activations_of(holder) if holder is not module else [])
     return weights, acts, moe
 
 
