@@ -1,8 +1,10 @@
 """Functional PolyCom ops: the public entry points and the backend dispatch point.
 
 Every public op validates its arguments, then runs the implementation chosen by
-`polycom.ops.backend.backend_for` (``torch`` = `polycom.ops.reference`; ``triton`` = the fused kernels in
-`polycom.ops.triton`, which expose functions with the same names and signatures). DTensor inputs
+`polycom.ops.backend.backend_for` (``torch`` = `polycom.ops.torch_autograd`, the closed-form forward
+and backward of `polycom.ops.closed_form`, checked against the readable `polycom.ops.reference`;
+``triton`` = the fused kernels in `polycom.ops.triton`, which expose functions with the same names and
+signatures). DTensor inputs
 (tensor parallel) take the exact all-reduced path of `polycom.ops.tensor_parallel`.
 
 Coefficient order (official PolyCom code): ``weight[0]`` multiplies the highest power x**r and
@@ -15,7 +17,7 @@ import types
 
 import torch
 
-from polycom.ops import reference
+from polycom.ops import torch_autograd
 from polycom.ops.backend import backend_for
 from polycom.ops.validation import check_activation_input, check_coefficients, check_eps, check_gate_up
 
@@ -39,17 +41,8 @@ def _triton_impl() -> types.ModuleType:
     return triton_impl
 
 
-def _impl(x: torch.Tensor) -> types.ModuleType | types.SimpleNamespace:
-    return _triton_impl() if backend_for(x) == "triton" else _TORCH_IMPL
-
-
-# The reference functions under the names that `polycom.ops.triton` also exports.
-_TORCH_IMPL = types.SimpleNamespace(
-    poly_norm=reference.poly_norm_reference,
-    poly_relu=reference.poly_relu_reference,
-    poly_norm_gated=reference.poly_norm_gated_reference,
-    poly_relu_gated=reference.poly_relu_gated_reference,
-)
+def _impl(x: torch.Tensor) -> types.ModuleType:
+    return _triton_impl() if backend_for(x) == "triton" else torch_autograd
 
 
 def poly_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

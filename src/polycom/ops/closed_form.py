@@ -1,0 +1,185 @@
+"""Closed-form forward and backward of PolyNorm and PolyReLU (plain and gated) in plain PyTorch.
+
+The same formulas as the Triton kernels (`polycom.ops.triton.launch`), written as a few whole-tensor
+passes: the CPU (``torch`` backend) path of `polycom.ops` and of the fused MLP (`polycom.ops.fused_mlp`).
+Compared with autograd over `polycom.ops.reference`, the backward keeps only x (and up) plus r
+statistics per row and runs about a third of the passes.
+
+PolyNorm, per row of n values, p_i = x**i, with c_i = w[r-i] * inv_i (per-row scalars):
+
+    inv_i = rsqrt(mean(p_i**2) + eps),  y = b + sum_i c_i p_i   (Horner in x)
+    D_i = sum_j g_j p_ij,  k_i = i c_i inv_i**2 D_i / n
+    dx = g * sum_i i c_i x**(i-1) - x * sum_i k_i x**(2i-2),    dw[r-i] = sum_rows inv_i D_i,  db = sum g
+
+PolyReLU, elementwise with q = relu(x):
+
+    y = b + sum_i w[r-i] q**i,  dx = g * [x > 0] * sum_i i w[r-i] q**(i-1),  dw[r-i] = sum g q**i,  db = sum g
+
+Gated forms: out = act(gate) * up, so d_up = g * act(gate) and the activation sees g * up.
+Everything is computed in `compute_dtype` (fp32; fp64 for fp64 input) and cast once. Signatures
+follow the kernel launchers: forward returns (y, inv_rms (..., r)) for PolyNorm; backward takes
+``needs = (dx, d_up, coefficients)`` and returns (dx, d_up or None, dweight, dbias), None for what
+is not needed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from polycom.ops.dtypes import compute_dtype
+
+Needs = tuple[bool, bool, bool]
+ALL_GRADS: Needs = (True, True, True)
+
+
+def _horner(coefficients: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """sum_k coefficients[k] * x**k (coefficients lowest power first; scalars or per-row (..., 1))."""
+    acc = coefficients[-1] * x if len(coefficients) > 1 else coefficients[0].expand_as(x)
+    for k in range(len(coefficients) - 2, 0, -1):
+        acc = (acc + coefficients[k]) * x
+    return acc + coefficients[0] if len(coefficients) > 1 else acc
+
+
+def poly_norm_stats(xc: torch.Tensor, r: int, eps: float) -> torch.Tensor:
+    """inv_rms (..., r): rsqrt(mean(x**(2i), -1) + eps) for i = 1..r, in xc's (compute) dtype."""
+    x2 = xc * xc
+    even = x2  # x**(2i)
+    stats = []
+    for i in range(1, r + 1):
+        if i > 1:
+            even = even * x2
+        stats.append(even.mean(dim=-1, keepdim=True))
+    return torch.rsqrt(torch.cat(stats, dim=-1) + eps)
+
+
+def _poly_norm_values(xc, wc, bc, inv):
+    """y = b + sum_i w[r-i] inv_i x**i from saved statistics; returns (y, [c_1..c_r]) with c_i (..., 1)."""
+    r = wc.numel()
+    c = [wc[r - i] * inv[..., i - 1 : i] for i in range(1, r + 1)]
+    return _horner([bc, *c], xc), c
+
+
+def poly_norm_forward(
+    x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(PolyNorm(x) (* up) in x's dtype, inv_rms (..., r) in the compute dtype)."""
+    cd = compute_dtype(x.dtype)
+    xc = x.to(cd)
+    inv = poly_norm_stats(xc, weight.numel(), eps)
+    y, _ = _poly_norm_values(xc, weight.to(cd), bias.to(cd), inv)
+    if up is not None:
+        y = y * up.to(cd)
+    return y.to(x.dtype), inv
+
+
+def poly_norm_from_stats(
+    x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, inv: torch.Tensor
+) -> torch.Tensor:
+    """PolyNorm(x) (* up) recomputed from the saved inv_rms (no reductions), in x's dtype."""
+    cd = compute_dtype(x.dtype)
+    y, _ = _poly_norm_values(x.to(cd), weight.to(cd), bias.to(cd), inv)
+    if up is not None:
+        y = y * up.to(cd)
+    return y.to(x.dtype)
+
+
+def poly_norm_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    up: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    inv: torch.Tensor,
+    needs: Needs = ALL_GRADS,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(dx, d_up, dweight, dbias) of PolyNorm (gated when `up` is given) from x and the saved inv_rms."""
+    cd = compute_dtype(x.dtype)
+    xc, g, wc = x.to(cd), grad.to(cd), weight.to(cd)
+    r, n = wc.numel(), x.shape[-1]
+    d_up = None
+    if up is not None:
+        if needs[1]:
+            y, _ = _poly_norm_values(xc, wc, bias.to(cd), inv)
+            d_up = (g * y).to(up.dtype)
+        g = g * up.to(cd)
+    c = [wc[r - i] * inv[..., i - 1 : i] for i in range(1, r + 1)]
+    powers = [xc]
+    for _ in range(1, r):
+        powers.append(powers[-1] * xc)
+    dots = torch.cat([torch.linalg.vecdot(g, p).unsqueeze(-1) for p in powers], dim=-1)  # D_i (..., r)
+    dx = None
+    if needs[0]:
+        slope = _horner([i * c[i - 1] for i in range(1, r + 1)], xc)  # sum_i i c_i x**(i-1)
+        k = [i * c[i - 1] * inv[..., i - 1 : i] ** 2 * dots[..., i - 1 : i] / n for i in range(1, r + 1)]
+        correction = _horner(k, powers[1]) if r > 1 else k[0].expand_as(xc)  # sum_i k_i x**(2i-2)
+        dx = torch.addcmul(g * slope, xc, correction, value=-1).to(x.dtype)
+    dweight = dbias = None
+    if needs[2]:
+        per_power = (inv * dots).reshape(-1, r).sum(dim=0)  # index i-1 -> dL/dw[r-i]
+        dweight = per_power.flip(0).to(weight.dtype)
+        dbias = g.sum().reshape(1).to(bias.dtype)
+    return dx, d_up, dweight, dbias
+
+
+def poly_relu_forward(
+    x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """PolyReLU(x) (* up) in x's dtype."""
+    cd = compute_dtype(x.dtype)
+    wc = weight.to(cd)
+    r = wc.numel()
+    y = _horner([bias.to(cd)[0], *(wc[r - i] for i in range(1, r + 1))], torch.relu(x.to(cd)))
+    if up is not None:
+        y = y * up.to(cd)
+    return y.to(x.dtype)
+
+
+def poly_relu_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    up: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    needs: Needs = ALL_GRADS,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(dx, d_up, dweight, dbias) of PolyReLU (gated when `up` is given)."""
+    cd = compute_dtype(x.dtype)
+    xc, g, wc = x.to(cd), grad.to(cd), weight.to(cd)
+    r = wc.numel()
+    q = torch.relu(xc)
+    d_up = None
+    if up is not None:
+        if needs[1]:
+            d_up = (g * _horner([bias.to(cd)[0], *(wc[r - i] for i in range(1, r + 1))], q)).to(up.dtype)
+        g = g * up.to(cd)
+    dx = None
+    if needs[0]:
+        slope = _horner([i * wc[r - i] for i in range(1, r + 1)], q)
+        dx = torch.where(xc > 0, g * slope, torch.zeros((), dtype=cd, device=x.device)).to(x.dtype)
+    dweight = dbias = None
+    if needs[2]:
+        flat_g, power, sums = g.reshape(-1), q.reshape(-1), []
+        for i in range(1, r + 1):
+            if i > 1:
+                power = power * q.reshape(-1)
+            sums.append(torch.dot(flat_g, power))
+        dweight = torch.stack(sums).flip(0).to(weight.dtype)
+        dbias = flat_g.sum().reshape(1).to(bias.dtype)
+    return dx, d_up, dweight, dbias
+
+
+def swiglu_forward(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up in the input dtype (the same ops as `polycom.SwiGLU`)."""
+    return torch.nn.functional.silu(gate) * up
+
+
+def swiglu_backward(
+    grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, needs: Needs = ALL_GRADS
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(d_gate, d_up): d_up = g silu(gate), d_gate = g up s (1 + gate (1 - s)), s = sigmoid(gate)."""
+    cd = compute_dtype(gate.dtype)
+    g, gc, uc = grad.to(cd), gate.to(cd), up.to(cd)
+    s = torch.sigmoid(gc)
+    d_up = (g * gc * s).to(up.dtype) if needs[1] else None
+    d_gate = (g * uc * s * (1 + gc * (1 - s))).to(gate.dtype) if needs[0] else None
+    return d_gate, d_up
