@@ -84,6 +84,8 @@ class ModelConfig:
     hidden_size: dense MLP width; None -> parameter-matched (module docstring).
     tie_embeddings: reuse `embed.weight` as the output projection (no `lm_head`).
     qk_norm: RMSNorm on the full q and k projections before RoPE (OLMoE); default off (Llama).
+    fused_mlp: run PolyNorm / PolyReLU / SwiGLU dense MLP blocks as one autograd node that does not keep
+        the activation output (`polycom.MLP(fused=...)`); False runs the modules one by one.
     init_std: std of the normal init; o_proj and down_proj use init_std / sqrt(2 * n_layers).
     """
 
@@ -102,6 +104,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     qk_norm: bool = False
+    fused_mlp: bool = True
     moe: MoEConfig | None = field(default=None)
 
     def __post_init__(self) -> None:

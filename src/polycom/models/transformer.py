@@ -63,6 +63,7 @@ class Block(nn.Module):
                 cfg.mlp_hidden_size(),
                 multiple_of=cfg.multiple_of,
                 activation_kwargs=cfg.activation_kwargs() or None,
+                fused=cfg.fused_mlp,
             )
 
     def forward(
