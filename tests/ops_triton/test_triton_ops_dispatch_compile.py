@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -155,6 +156,7 @@ def test_triton_backend_forces_kernels_on_cpu(kernel_calls):
     torch.testing.assert_close(y, reference.poly_norm_reference(x, w, b), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cpu_tensors
 def test_auto_backend_uses_reference_for_cpu_tensors(kernel_calls):
     x = torch.randn(4, 16)
     w, b = _coefficients()
@@ -183,3 +185,94 @@ def test_importing_kernels_without_triton_raises_import_error():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "IMPORT-ERROR" in result.stdout, result.stdout + result.stderr
     assert "pip install polycom[triton]" in result.stdout
+
+
+# ------------------------------------------------------------------------------ autocast, fp64, interpreter
+
+
+@pytest.mark.parametrize("fn_name", ["poly_norm", "poly_relu"])
+def test_autocast_keeps_input_dtype_and_result(fn_name):
+    """Autocast rule: the ops do not cast their inputs and run with autocast off (fp32 math, output in the
+    input dtype), so results under autocast equal the results without it, forward and backward."""
+    fn = getattr(polycom, fn_name)
+    x = torch.randn(3, 40, dtype=torch.bfloat16)
+    w, b = _coefficients()
+    dy = torch.randn(3, 40, dtype=torch.bfloat16)
+    outs = []
+    for autocast in (False, True):
+        xx, ww, bb = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+        with polycom.use_backend("triton"), torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+            y = fn(xx, ww, bb)
+        y.backward(dy)
+        outs.append((y, xx.grad, ww.grad, bb.grad))
+    assert outs[1][0].dtype == torch.bfloat16  # not cast to the autocast dtype
+    for got, want in zip(outs[1], outs[0]):
+        assert torch.equal(got, want)
+
+
+def test_opcheck_backward_with_needs():
+    x = torch.randn(3, 24)
+    w, b = _coefficients()
+    _, rstd = ops.poly_norm_fwd(x, None, w.detach(), b.detach(), 1e-6)
+    grad = torch.randn(3, 24)
+    torch.library.opcheck(ops.poly_norm_bwd, (grad, x, None, w.detach(), b.detach(), rstd, [True, False, True]))
+    torch.library.opcheck(ops.poly_relu_bwd, (grad, x, None, w.detach(), b.detach(), [False, False, True]))
+
+
+@pytest.mark.slow
+def test_fp64_compiles_to_correctly_rounded_sqrt():
+    """fp64 PolyNorm on CUDA: 1/sqrt with sqrt.rn.f64 and div.rn.f64, never rsqrt.approx.f64 (compiled for
+    sm_90 in a fresh process without the interpreter, no GPU needed)."""
+    code = """
+import re, triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from polycom.ops.triton import polynorm_kernels, polynorm_persistent
+cases = [
+    (polynorm_persistent.poly_norm_fwd_persistent_kernel,
+     dict(R=3, RP=4, GATED=False, BLOCK_M=1, BLOCK_N=1024, SPLIT=1, PHASE=2, NUM_STAGES=2, ACC=tl.float64)),
+    (polynorm_kernels.poly_norm_fwd_kernel,
+     dict(R=3, RP=4, GATED=False, BLOCK_M=1, BLOCK_N=1024, SINGLE_TILE=True, ACC=tl.float64)),
+]
+for fn, cx in cases:
+    sig = {n: "constexpr" if n in cx else "*i32" if n == "count_ptr" else "*fp64" if n.endswith("_ptr")
+           else "fp32" if n == "eps" else "i32" for n in fn.arg_names}
+    ptx = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
+                         options={"num_warps": 4}).asm["ptx"]
+    print("APPROX", "rsqrt.approx.f64" in ptx, "RN", len(re.findall(r"sqrt\\.rn\\.f64", ptx)))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("APPROX")]
+    assert len(lines) == 2 and all(line.startswith("APPROX False RN") and not line.endswith(" 0") for line in lines)
+
+
+def test_interpreter_compat_squeezes_one_element_scalars(monkeypatch):
+    """Triton <= 3.6 interpreters convert loop bounds with int(array) (an error for 1-element arrays on
+    NumPy >= 2.4); the compat patch converts through a flat view instead, and leaves fixed versions alone."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    from polycom.ops.triton import interpreter_compat
+
+    class Scope:
+        def set_attr(self, obj, name, value):
+            setattr(obj, name, value)
+
+    def old_patch(tensor, scope):  # what Triton 3.6 installs: int() of the 1-element array
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data))
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", old_patch)
+    monkeypatch.setattr(interpreter_compat, "_numpy_converts_1d", lambda: False)
+    assert interpreter_compat.apply() is True
+    assert interpreter_compat.apply() is False  # idempotent
+
+    class Handle:
+        data = np.array([7], dtype=np.int32)
+
+    class FakeTensor:
+        handle = Handle()
+
+    interpreter._patch_lang_tensor(FakeTensor, Scope())
+    assert list(range(FakeTensor())) == list(range(7))
