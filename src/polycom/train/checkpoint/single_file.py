@@ -1,10 +1,10 @@
 """Single-file checkpoints (one process): one ``torch.save`` dict with a sha256 checksum beside it.
 
-    write_checkpoint_file(path, step, state)   # path.tmp -> fsync -> sha256 -> rename; then path.sha256
+    write_checkpoint_file(path, step, state)   # .path.tmp -> fsync -> rename; then path.sha256 (same way)
     state = load_checkpoint(path)              # checksum verified first, then torch.load(weights_only=True)
 
-The file is written under a temporary name in the same folder, hashed, and only then renamed into
-place (os.replace is atomic); the checksum file (``sha256sum`` format) follows it. A crash leaves
+The file is written under a temporary name in the same folder, fsynced and only then renamed into
+place (os.replace is atomic); its checksum file (``sha256sum`` format) follows it, written the same way. A crash leaves
 either the old state or the new one, never a half-written file under a checkpoint name. Loading
 verifies the checksum first: a corrupt or truncated file is refused with a UserError and nothing is
 read from it.
