@@ -206,3 +206,85 @@ def test_window_sampler_deterministic_and_dp_disjoint(tmp_path):
     assert np.concatenate([r0, r1]).tolist() == whole.tolist()
     with pytest.raises(UserError, match="too few"):
         WindowSampler(f, seq_len=10_000, batch_size=1, seed=0)
+
+
+def _write_old_format(path, tokens, vocab_size):
+    """A token file as written before the header stored the largest id (reserved bytes all zero)."""
+    header = struct.pack("<8sIIQQ32x", b"PCTOKENS", 1, 2, len(tokens), vocab_size)
+    path.write_bytes(header + np.asarray(tokens, dtype=np.uint16).tobytes())
+
+
+def test_token_file_header_stores_the_largest_id(tmp_path):
+    tokens = np.array([3, 17, 250, 4])
+    write_token_file(tmp_path / "t.bin", tokens, vocab_size=300)
+    raw = (tmp_path / "t.bin").read_bytes()
+    assert struct.unpack_from("<Q", raw, 32)[0] == 250 + 1  # largest id + 1 at offset 32
+    assert TokenFile(tmp_path / "t.bin").max_id == 250
+    _write_old_format(tmp_path / "old.bin", tokens, vocab_size=300)
+    assert TokenFile(tmp_path / "old.bin").max_id == 250  # computed once for files without the field
+
+
+def test_token_ids_beyond_the_vocab_are_refused_naming_the_file(tmp_path):
+    # header stores the largest id: a file whose ids exceed its vocab is refused on open
+    path = tmp_path / "train.bin"
+    write_token_file(path, np.arange(100) % 50, vocab_size=64)
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<Q", raw, 32, 64 + 1)  # stored largest id 64 >= vocab 64
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"train\.bin holds token id 64, but its vocab size is 64"):
+        TokenFile(path)
+    # a file written before the field: the largest id is computed on open
+    _write_old_format(tmp_path / "old.bin", [1, 2, 900, 3], vocab_size=256)
+    with pytest.raises(UserError, match=r"old\.bin holds token id 900"):
+        TokenFile(tmp_path / "old.bin")
+    # bytes edited after writing (stale header): the batch that reads them is refused, not an IndexError
+    edited = tmp_path / "edited.bin"
+    write_token_file(edited, np.zeros(64, dtype=np.int64), vocab_size=300)  # uint16 ids, vocab 300
+    f = TokenFile(edited)
+    raw = bytearray(edited.read_bytes())
+    raw[64:] = struct.pack("<64H", *([1000] * 64))
+    edited.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"edited\.bin holds token id 1000"):
+        WindowSampler(f, seq_len=8, batch_size=2, seed=0).batch(0)
+
+
+def test_meta_json_errors_name_the_file_and_line(tmp_path, corpus_slice):
+    src = tmp_path / "t.txt"
+    src.write_text(corpus_slice[:3000])
+    prepare_data(PrepareConfig(source=str(src)), tmp_path / "d", show_progress=False)
+    meta = tmp_path / "d" / "meta.json"
+    meta.write_text('{\n  "format": "polycom-token-shards",\n  "vocab_size": 256,,\n}\n')
+    with pytest.raises(UserError, match=r"meta\.json:3:\d+: not valid JSON"):
+        TokenShards(tmp_path / "d")
+    meta.write_bytes(b'{"a": "\xff\xfe"}')
+    with pytest.raises(UserError, match=r"meta\.json is not valid UTF-8"):
+        TokenShards(tmp_path / "d")
+    meta.write_text("[1, 2]")
+    with pytest.raises(UserError, match="JSON object"):
+        TokenShards(tmp_path / "d")
+
+
+def test_non_utf8_text_is_refused_unless_replace_is_asked(tmp_path):
+    txt = tmp_path / "latin1.txt"
+    txt.write_bytes("line one\nline two caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.txt:2: not valid UTF-8 \(byte 0xe9"):
+        list(iter_documents(str(txt)))
+    assert list(iter_documents(str(txt), text_errors="replace")) == ["line one\nline two caf\ufffd\n"]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(UserError, match=r"docs\.jsonl:2: not valid UTF-8"):
+        list(iter_documents(str(jsonl)))
+    assert list(iter_documents(str(jsonl), text_errors="replace")) == ["ok", "caf\ufffd"]
+    with pytest.raises(UserError, match="text errors"):
+        list(iter_documents(str(txt), text_errors="ignore"))
+    # the opt-in goes through prepare (and its CLI flag --errors replace)
+    with pytest.raises(UserError, match="--errors replace"):
+        prepare_data(PrepareConfig(source=str(txt)), tmp_path / "strict", show_progress=False)
+    txt.write_bytes(("x" * 200 + "caf\xe9\n").encode("latin-1"))
+    shards = prepare_data(PrepareConfig(source=str(txt), text_errors="replace"), tmp_path / "rep", show_progress=False)
+    assert shards.meta["prepare_config"]["text_errors"] == "replace"
+
+
+def test_txt_newlines_are_universal_as_before(tmp_path):
+    (tmp_path / "crlf.txt").write_bytes(b"a\r\nb\rc\n")
+    assert list(iter_documents(str(tmp_path / "crlf.txt"))) == ["a\nb\nc\n"]

@@ -30,6 +30,13 @@ def register(subparsers) -> None:
     prep.add_argument("--text-field", default="text", help="field of .jsonl/.parquet/HF records")
     prep.add_argument("--hf-split", default="train", help="split of an HF dataset")
     prep.add_argument("--max-documents", type=int, default=0, help="stop after N documents (0 = all)")
+    prep.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="bytes of .txt/.jsonl files that are not UTF-8: strict = refuse the file naming file and line "
+        "(default), replace = substitute U+FFFD",
+    )
     prep.add_argument("--out", required=True, help="output folder")
     prep.add_argument("--overwrite", action="store_true", help="replace prepared data in --out")
     prep.set_defaults(handler=run_prepare)
@@ -50,6 +57,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         hf_split=args.hf_split,
         max_documents=args.max_documents,
+        text_errors=args.errors,
     )
     shards = prepare_data(cfg, args.out, overwrite=args.overwrite)
     m = shards.meta

@@ -28,6 +28,7 @@ class WindowSampler:
                 f"{tokens.path} holds {len(tokens)} tokens, too few for one window of seq_len {seq_len}; "
                 "use more data or a smaller --model.max_seq_len"
             )
+        self.file = tokens
         self.tokens = tokens.tokens
         self.seq_len = seq_len
         self.batch_size = batch_size
@@ -48,6 +49,11 @@ class WindowSampler:
         starts = self.starts(step, micro_step)
         idx = starts[:, None] + np.arange(self.seq_len + 1)[None, :]
         rows = torch.from_numpy(np.asarray(self.tokens[idx], dtype=np.int64))
+        # A file edited after it was written can hold ids its header does not admit: a clear error here,
+        # not an IndexError (CPU) or a device-side assert (GPU) in the embedding. B*T ints: negligible.
+        largest = int(rows.max())
+        if largest >= self.file.vocab_size:
+            raise UserError(self.file.out_of_range_message(largest))
         return rows[:, :-1], rows[:, 1:]
 
 

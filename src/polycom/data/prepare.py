@@ -31,6 +31,8 @@ class PrepareConfig:
     val_fraction: share of tokens held out for validation.
     text_field / hf_split: field of .jsonl/.parquet/HF records; split of an HF dataset.
     max_documents: stop after this many documents (0 = all), for quick runs on large sources.
+    text_errors: invalid UTF-8 in .txt/.jsonl files: "strict" refuses the file (naming file and line),
+        "replace" substitutes U+FFFD (opt-in: ``polycom data prepare --errors replace``).
     """
 
     source: str = "embedded"
@@ -40,6 +42,7 @@ class PrepareConfig:
     text_field: str = "text"
     hf_split: str = "train"
     max_documents: int = 0
+    text_errors: str = "strict"
 
 
 def prepare_data(cfg: PrepareConfig, out_dir: str | Path, *, overwrite: bool = False, show_progress: bool = True):
@@ -56,7 +59,9 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, *, overwrite: bool = F
     with progress:
         read_task = progress.add_task("reading documents", total=None)
         docs = []
-        for doc in iter_documents(cfg.source, text_field=cfg.text_field, hf_split=cfg.hf_split):
+        for doc in iter_documents(
+            cfg.source, text_field=cfg.text_field, hf_split=cfg.hf_split, text_errors=cfg.text_errors
+        ):
             docs.append(doc)
             progress.advance(read_task)
             if cfg.max_documents and len(docs) >= cfg.max_documents:

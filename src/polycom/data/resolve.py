@@ -43,6 +43,8 @@ def prepared_folder(prepare: PrepareConfig, *, folder: str | Path | None = None,
         return Path(folder)
     cache = Path(cache_dir or os.environ.get("POLYCOM_DATA_CACHE") or Path.home() / ".cache" / "polycom" / "data")
     tag = prepare.tokenizer if prepare.tokenizer != "bpe" else f"bpe{prepare.bpe_vocab_size}"
+    if prepare.text_errors != "strict":  # replaced bytes are other data: never reused for a strict run
+        tag += f"-{prepare.text_errors}"
     return cache / f"{_slug(prepare.source)}-{_slug(tag)}-val{prepare.val_fraction:g}"
 
 

@@ -8,12 +8,16 @@ Token file layout (little endian), written by `write_token_file`:
     12      4     dtype code (uint32): 1 = uint8, 2 = uint16, 4 = uint32 (the item size in bytes)
     16      8     token count (uint64)
     24      8     vocab size (uint64): every token id is < vocab size
-    32      32    reserved (zeros)
+    32      8     largest token id + 1 (uint64); 0 = not recorded (files written before this field)
+    40      24    reserved (zeros)
     64      ...   count tokens of the given dtype
 
 A prepared-data folder (`polycom data prepare`) holds ``train.bin``, ``val.bin``, ``meta.json`` and the
 tokenizer in ``tokenizer/``. `TokenShards(folder)` opens it; `TokenFile(path)` opens one file and checks
 its header, so a file of another format, another version or a truncated file fails with a clear error.
+Token ids are range-checked on open (the stored largest id, or for older files without it the largest id
+computed once), and every batch a `WindowSampler` reads is checked again (a file edited after it was
+written): an id >= the vocab size is a UserError naming the file, never an IndexError in the embedding.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from polycom.errors import UserError
 MAGIC = b"PCTOKENS"
 VERSION = 1
 HEADER_SIZE = 64
-_HEADER = struct.Struct("<8sIIQQ32x")
+_HEADER = struct.Struct("<8sIIQQQ24x")
 _DTYPES = {1: np.uint8, 2: np.uint16, 4: np.uint32}
 SPLITS = ("train", "val")
 
@@ -53,12 +57,17 @@ def write_token_file(path: str | Path, tokens: np.ndarray, vocab_size: int) -> N
         raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
     if tokens.size and int(tokens.max()) >= vocab_size:
         raise ValueError(f"token id {int(tokens.max())} is >= vocab_size {vocab_size}")
+    if tokens.size and int(tokens.min()) < 0:
+        raise ValueError(f"token id {int(tokens.min())} is negative")
     dtype = dtype_for_vocab(vocab_size)
-    header = _HEADER.pack(MAGIC, VERSION, dtype.itemsize, tokens.size, vocab_size)
+    max_id_plus_one = int(tokens.max()) + 1 if tokens.size else 0
+    header = _HEADER.pack(MAGIC, VERSION, dtype.itemsize, tokens.size, vocab_size, max_id_plus_one)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as fh:
         fh.write(header)
         fh.write(tokens.astype(dtype, copy=False).tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -68,6 +77,7 @@ class TokenFileHeader:
     dtype: np.dtype
     count: int
     vocab_size: int
+    max_id: int | None  # largest token id as stored when written; None in files written before the field
 
 
 def read_header(path: str | Path) -> TokenFileHeader:
@@ -79,7 +89,7 @@ def read_header(path: str | Path) -> TokenFileHeader:
         raw = fh.read(HEADER_SIZE)
     if len(raw) < HEADER_SIZE:
         raise UserError(f"token file {path} is too short to hold a header ({len(raw)} bytes)")
-    magic, version, code, count, vocab = _HEADER.unpack(raw)
+    magic, version, code, count, vocab, max_id_plus_one = _HEADER.unpack(raw)
     if magic != MAGIC:
         raise UserError(f"{path} is not a polycom token file (wrong header magic {magic!r}, expected {MAGIC!r})")
     if version != VERSION:
@@ -93,7 +103,8 @@ def read_header(path: str | Path) -> TokenFileHeader:
         raise UserError(
             f"token file {path} is truncated or corrupt: header says {count} tokens ({expected} bytes), file has {actual} bytes"
         )
-    return TokenFileHeader(version=version, dtype=dtype, count=count, vocab_size=vocab)
+    max_id = max_id_plus_one - 1 if max_id_plus_one else None
+    return TokenFileHeader(version=version, dtype=dtype, count=count, vocab_size=vocab, max_id=max_id)
 
 
 class TokenFile:
@@ -105,6 +116,17 @@ class TokenFile:
         if self.header.count == 0:
             raise UserError(f"token file {self.path} holds no tokens")
         self.tokens = np.memmap(self.path, dtype=self.header.dtype, mode="r", offset=HEADER_SIZE)
+        # Older files do not store their largest id: one pass over the file, once per open.
+        self.max_id = self.header.max_id if self.header.max_id is not None else int(self.tokens.max())
+        if self.max_id >= self.vocab_size:
+            raise UserError(self.out_of_range_message(self.max_id))
+
+    def out_of_range_message(self, token_id: int) -> str:
+        return (
+            f"token file {self.path} holds token id {token_id}, but its vocab size is {self.vocab_size} "
+            "(ids must be < vocab size): the file is corrupt or was not written by `polycom data prepare`; "
+            "prepare the data again"
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -112,6 +134,21 @@ class TokenFile:
 
     def __len__(self) -> int:
         return self.header.count
+
+
+def read_meta(path: Path) -> dict:
+    """The prepared folder's meta.json as a dict; UserError naming the file (and line) when unreadable."""
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not valid UTF-8 (byte offset {exc.start}); prepare the data again") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); prepare the data again"
+        ) from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} does not hold a JSON object; prepare the data again")
+    return meta
 
 
 class TokenShards:
@@ -124,7 +161,7 @@ class TokenShards:
             raise UserError(
                 f"{self.folder} is not a prepared data folder (no meta.json); create one with `polycom data prepare`"
             )
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_meta(meta_path)
         self.train = TokenFile(self.folder / "train.bin")
         self.val = TokenFile(self.folder / "val.bin")
         if self.train.vocab_size != self.val.vocab_size:

@@ -6,6 +6,8 @@ A source spec is a string:
   (``polycom/data/corpus/shakespeare.txt.xz``, see its NOTICE.md). Nothing is downloaded.
 - a local path: a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, field ``text``),
   a ``.parquet`` file (column ``text``), or a folder holding any of these (searched recursively, sorted).
+  Text files must be UTF-8: invalid bytes are an error naming the file and line, unless
+  ``text_errors="replace"`` (``polycom data prepare --errors replace``) asks for U+FFFD instead.
 - ``"hf:NAME"`` or ``"hf:NAME:CONFIG"``: a Hugging Face dataset streamed with ``datasets``
   (``NAME`` may also be a local dataset folder, which is how the offline test exercises this path).
 
@@ -23,6 +25,7 @@ from polycom.errors import UserError
 
 EMBEDDED_NAMES = ("embedded", "shakespeare")
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+TEXT_ERRORS = ("strict", "replace")
 CORPUS_FILE = Path(__file__).parent / "corpus" / "shakespeare.txt.xz"
 
 
@@ -40,8 +43,16 @@ def describe_source(spec: str) -> str:
     return spec
 
 
-def iter_documents(spec: str, *, text_field: str = "text", hf_split: str = "train") -> Iterator[str]:
-    """Yield the documents of `spec` (see the module docstring). Empty documents are skipped."""
+def iter_documents(
+    spec: str, *, text_field: str = "text", hf_split: str = "train", text_errors: str = "strict"
+) -> Iterator[str]:
+    """Yield the documents of `spec` (see the module docstring). Empty documents are skipped.
+
+    text_errors: bytes of a .txt/.jsonl file that are not valid UTF-8: "strict" (default) refuses the file
+    naming the file and line; "replace" substitutes U+FFFD.
+    """
+    if text_errors not in TEXT_ERRORS:
+        raise UserError(f"text errors must be one of {', '.join(TEXT_ERRORS)}, got {text_errors!r}")
     if spec in EMBEDDED_NAMES:
         yield embedded_corpus_text()
         return
@@ -55,7 +66,7 @@ def iter_documents(spec: str, *, text_field: str = "text", hf_split: str = "trai
         )
     files = _data_files(path)
     for file in files:
-        yield from _iter_file(file, text_field=text_field)
+        yield from _iter_file(file, text_field=text_field, text_errors=text_errors)
 
 
 def _data_files(path: Path) -> list[Path]:
@@ -69,25 +80,14 @@ def _data_files(path: Path) -> list[Path]:
     return files
 
 
-def _iter_file(file: Path, *, text_field: str) -> Iterator[str]:
+def _iter_file(file: Path, *, text_field: str, text_errors: str = "strict") -> Iterator[str]:
     if file.suffix == ".txt":
-        text = file.read_text(encoding="utf-8", errors="replace")
+        # Universal newlines as in text mode (\r\n and \r -> \n), as read_text did before.
+        text = _decode(file.read_bytes(), file, text_errors).replace("\r\n", "\n").replace("\r", "\n")
         if text:
             yield text
     elif file.suffix == ".jsonl":
-        with file.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{file}:{lineno}: not valid JSON ({exc.msg})") from None
-                text = record.get(text_field) if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    raise UserError(f"{file}:{lineno}: record has no string field {text_field!r}")
-                if text:
-                    yield text
+        yield from _iter_jsonl(file, text_field=text_field, text_errors=text_errors)
     else:  # .parquet
         try:
             import pyarrow.parquet as pq
@@ -99,6 +99,40 @@ def _iter_file(file: Path, *, text_field: str) -> Iterator[str]:
         for text in table.column(text_field).to_pylist():
             if text:
                 yield text
+
+
+def _iter_jsonl(file: Path, *, text_field: str, text_errors: str) -> Iterator[str]:
+    with file.open("rb") as fh:  # bytes: a decoding error is reported with its line number
+        for lineno, raw in enumerate(fh, 1):
+            line = _decode(raw, file, text_errors, lineno=lineno)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{file}:{lineno}: not valid JSON ({exc.msg})") from None
+            text = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise UserError(f"{file}:{lineno}: record has no string field {text_field!r}")
+            if text:
+                yield text
+
+
+def _decode(raw: bytes, file: Path, text_errors: str, *, lineno: int = 0) -> str:
+    """UTF-8 text of `raw` (bytes of `file`, or of its line `lineno`); UserError naming file and line if invalid.
+
+    text_errors="replace" turns invalid bytes into U+FFFD instead (opt-in: silent replacement changes the data).
+    """
+    try:
+        return raw.decode("utf-8", errors=text_errors)
+    except UnicodeDecodeError as exc:
+        line = lineno or raw.count(b"\n", 0, exc.start) + 1
+        raise UserError(
+            f"{file}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte offset {exc.start}"
+            f"{' of the line' if lineno else ''}); convert the file to UTF-8, or pass --errors replace to "
+            '`polycom data prepare` (data.text_errors = "replace" in a run config) to replace invalid bytes '
+            "by U+FFFD"
+        ) from None
 
 
 def _iter_hf(name: str, *, text_field: str, split: str) -> Iterator[str]:
