@@ -115,13 +115,17 @@ def test_static_compile_for_sm90_has_no_spills():
     cubin resource usage: no local memory (spills) for the configurations of a narrow and a wide shape."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "polycom", "bench", "ops", "--static", "--shapes", "64x1000", "32x20000"]
-    cmd += ["--dtypes", "bf16", "--ops", "polynorm_gated", "polyrelu"]
+    cmd += ["--dtypes", "bf16", "--ops", "polynorm_gated", "polyrelu", "--tiling", "variant=2", "--tiling", "variant=1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if "registers" in line]
-    assert len(lines) == 2 * 2 * 2  # shapes x ops x (fwd, bwd)
-    assert all("local 0 B" in line for line in lines), result.stdout
+    assert len(lines) == 2 * 2 * 2 * 2  # variants x shapes x ops x (fwd, bwd)
+    assert all("local 0 B, stack 0 B" in line for line in lines), result.stdout
+    v2 = [line for line in lines if " v2 " in line]
+    assert any("split" in line for line in v2) and any("split" not in line for line in v2)
+    assert all("pipelined no" not in line and "waves" in line for line in v2), result.stdout
     assert any("looped" in line for line in lines) and any("single" in line for line in lines)
+    assert "| kernel | shape |" in result.stdout  # the Markdown table of docs/kernels.md
 
 
 def test_cpu_quick_selects_tiny_shapes_without_compile():

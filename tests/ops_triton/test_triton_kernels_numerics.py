@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 import polycom
 from polycom.ops import reference
@@ -126,8 +127,8 @@ def _inputs(shape, dtype, r, gated, *, scale=1.0):
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Force the column-looped path for rows wider than 1024, with a persistent grid of 2 programs
-    (config.num_sms is 2 on CPU and the L2 budget is tiny), so each program loops over several rows."""
+    """Variant 1: force the column-looped path for rows wider than 1024, with a persistent grid of 2
+    programs (config.num_sms is 2 on CPU and the L2 budget is tiny), so each program loops over several rows."""
     monkeypatch.setattr(
         config,
         "TILING",
@@ -137,8 +138,30 @@ def small_tiles(monkeypatch):
             loop_tile_fwd=1024,
             loop_tile_bwd=1024,
             l2_budget_bytes=1,
+            variant=1,
         ),
     )
+
+
+SPLIT_TILES = dict(
+    max_single_tile_fwd=256,
+    max_single_tile_bwd=256,
+    max_single_tile_bwd_gated=128,
+    split_tile_fwd=256,
+    split_tile_bwd=128,
+)
+
+
+@pytest.fixture
+def split_tiles(monkeypatch):
+    """Variant 2 with rows wider than 256 (128 for the gated backward) split across programs: the
+    split-row path (publish partial sums, fixed-order combine) at small widths."""
+    monkeypatch.setattr(config, "TILING", config.TilingLimits(variant=2, **SPLIT_TILES))
+
+
+@pytest.fixture
+def variant1(monkeypatch):
+    monkeypatch.setattr(config, "TILING", config.TilingLimits(variant=1))
 
 
 # ------------------------------------------------------------------------------ the grid of cases
@@ -173,8 +196,8 @@ def test_wide_rows_use_column_loop_and_match_fp64(small_tiles, gated, r, dtype):
     check_against_fp64("polynorm", gated, *_inputs((m, n), DTYPES[dtype], r, gated))
 
 
-def test_launch_heuristics_for_the_benchmark_shapes():
-    """Single register tile up to 16384 (fwd) / 8192 (bwd) columns; wider rows: column loop with a
+def test_variant1_launch_heuristics_for_the_benchmark_shapes():
+    """Variant 1: single register tile up to 16384 (fwd) / 8192 (bwd) columns; wider rows: column loop with a
     persistent grid sized so the rows in flight fit the L2 budget, never fewer programs than SMs."""
     fwd = config.row_launch(8192, 8192, backward=False, row_bytes=8192 * 2, num_sms=132)
     assert fwd.single_tile and fwd.block_n == 8192 and fwd.grid == (8192,)
@@ -363,3 +386,118 @@ def test_forward_keeps_only_inputs_and_r_floats_per_row(op, gated):
     inputs_saved = [t for t in saved if any(t is s for s in (x, up))]
     assert len(inputs_saved) == (2 if gated else 1)
     y.sum().backward()
+
+
+# ------------------------------------------------------------------------------ variant 2 / variant 1
+
+
+@pytest.mark.parametrize(
+    "op,gated,r,n,dtype",
+    [
+        ("polynorm", False, 3, 1000, "fp32"),  # 4 chunks of 256, the last one partly masked
+        ("polynorm", True, 3, 777, "bf16"),  # odd width: 4 chunks forward, 7 backward (gated: 128-column chunks)
+        ("polynorm", True, 2, 513, "fp16"),
+        ("polynorm", False, 5, 300, "fp32"),
+        ("polynorm", True, 3, 200, "bf16"),  # forward and plain backward one tile, gated backward split
+        ("polynorm", True, 1, 1000, "fp32"),
+    ],
+)
+def test_split_rows_match_fp64(split_tiles, op, gated, r, n, dtype):
+    fwd = config.persistent_row_launch(6, n, backward=False)
+    bwd = config.persistent_row_launch(6, n, backward=True, gated=gated)
+    single_bwd = triton.next_power_of_2(n) <= (128 if gated else 256)
+    assert fwd.split == -(-n // 256) and bwd.split == (1 if single_bwd else -(-n // 128))
+    check_against_fp64(op, gated, *_inputs((6, n), DTYPES[dtype], r, gated))
+
+
+def test_split_rows_strided_and_3d(split_tiles):
+    base = torch.randn(2, 3, 1100)
+    x = base[..., 50:1050]  # row stride 1100, no copy
+    up = torch.randn(2, 3, 1300)[..., :1000]
+    w, b, dy = torch.randn(3), torch.randn(1), torch.randn(2, 3, 1000)
+    check_against_fp64("polynorm", True, x, up, w, b, dy)
+
+
+def test_split_and_single_tile_agree(monkeypatch):
+    """The fixed-order combine of split rows gives the same statistics as one register tile (to fp32
+    rounding of the different summation order) and bit-identical results on repeated runs."""
+    x, up, w, b, dy = _inputs((9, 1000), torch.float32, 3, True)
+    y1, rstd1 = launch.poly_norm_forward(x, up, w, b, EPS)
+    g1 = launch.poly_norm_backward(dy, x, up, w, b, rstd1)
+    monkeypatch.setattr(config, "TILING", config.TilingLimits(variant=2, **SPLIT_TILES))
+    y2, rstd2 = launch.poly_norm_forward(x, up, w, b, EPS)
+    g2 = launch.poly_norm_backward(dy, x, up, w, b, rstd2)
+    y3, rstd3 = launch.poly_norm_forward(x, up, w, b, EPS)
+    g3 = launch.poly_norm_backward(dy, x, up, w, b, rstd3)
+    torch.testing.assert_close(rstd2, rstd1, rtol=1e-6, atol=0)
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)
+    for a, c in zip(g2, g1):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+    assert torch.equal(y3, y2) and torch.equal(rstd3, rstd2)  # deterministic
+    assert all(torch.equal(a, c) for a, c in zip(g3, g2))
+
+
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("dtype,n", [("fp32", 7), ("bf16", 1000)])
+def test_variant1_kernels_still_match_fp64(variant1, op, gated, dtype, n):
+    check_against_fp64(op, gated, *_inputs((5, n), DTYPES[dtype], 3, gated))
+
+
+def test_persistent_grid_is_one_wave_and_programs_loop():
+    """Variant 2 grids: never more programs than resident slots, a multiple of the split, never more than
+    the work; on CPU (2 slots) a 7-row problem runs 2 programs that loop over the rows."""
+    assert config.persistent_grid(8192, 1, 264) == 264
+    assert config.persistent_grid(100, 1, 264) == 100
+    assert config.persistent_grid(2048, 16, 264) == 256  # 16 lanes of 16 chunks
+    assert config.persistent_grid(3, 8, 264) == 24
+    plan = config.persistent_row_launch(8192, 8192, backward=True)
+    assert plan.split == 1 and plan.num_warps == 32  # 8 elements per thread: <= 64 registers, 32 warps per SM
+    gated = config.persistent_row_launch(8192, 8192, backward=True, gated=True)
+    assert gated.split == 2 and gated.block_n == 4096
+    wide = config.persistent_row_launch(2048, 65536, backward=False)
+    assert wide.split == 8 and wide.block_n == 8192 and wide.block_m == 1
+
+
+@pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
+@pytest.mark.parametrize("wanted", ["x", "coefficients", "up"])
+def test_backward_computes_only_needed_grads(op, wanted):
+    """needs_input_grad: gradients nobody asked for are None (and not computed); the wanted ones match
+    the all-gradients run bit for bit."""
+    x, up, w, b, dy = _inputs((4, 50), torch.float32, 3, True)
+    with polycom.use_backend("triton"):
+        full = _run(PUBLIC[(op, True)], x, up, w, b, dy)
+    leaves = {
+        "x": x.clone().requires_grad_(wanted == "x"),
+        "up": up.clone().requires_grad_(wanted == "up"),
+        "w": w.clone().requires_grad_(wanted == "coefficients"),
+        "b": b.clone().requires_grad_(wanted == "coefficients"),
+    }
+    with polycom.use_backend("triton"):
+        PUBLIC[(op, True)](leaves["x"], leaves["up"], leaves["w"], leaves["b"]).backward(dy)
+    grads = [leaves[k].grad for k in ("x", "up", "w", "b")]
+    for name, got, want in zip(("x", "up", "w", "b"), grads, full[1:]):
+        asked = (name == wanted) or (wanted == "coefficients" and name in ("w", "b"))
+        if asked:
+            assert torch.equal(got, want), name
+        else:
+            assert got is None, name
+
+
+def test_bwd_needs_flags_skip_outputs():
+    """The launcher leaves dx unwritten when it is not needed (variant 2 kernel flag)."""
+    x, up, w, b, dy = _inputs((3, 40), torch.float32, 3, True)
+    _, rstd = launch.poly_norm_forward(x, up, w, b, EPS)
+    torch.manual_seed(1)
+    full = launch.poly_norm_backward(dy, x, up, w, b, rstd)
+    only_coef = launch.poly_norm_backward(dy, x, up, w, b, rstd, needs=(False, False, True))
+    assert torch.equal(only_coef[2], full[2]) and torch.equal(only_coef[3], full[3])
+    only_dx = launch.poly_norm_backward(dy, x, up, w, b, rstd, needs=(True, False, False))
+    assert torch.equal(only_dx[0], full[0])
+    assert not only_dx[2].any() and not only_dx[3].any()  # coefficient grads not computed: zeros
+
+
+def test_fp64_forward_and_grads_match_fp64():
+    x, up, w, b, dy = _inputs((3, 300), torch.float64, 3, True)
+    ours = check_against_fp64("polynorm", True, x, up, w, b, dy)
+    assert ours[0].dtype == torch.float64

@@ -62,7 +62,9 @@ def _graph_ops_backend(seen: list):
     """A torch.compile backend that records the ops of the captured graph and runs it eagerly."""
 
     def backend(gm, example_inputs):
-        seen.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        for module in gm.modules():  # nested graphs too (the fused MLP's autograd.Function bodies)
+            if isinstance(module, torch.fx.GraphModule):
+                seen.extend(str(node.target) for node in module.graph.nodes if node.op == "call_function")
         return gm.forward
 
     return backend

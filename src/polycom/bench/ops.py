@@ -244,16 +244,20 @@ def prepare_device(cfg: BenchConfig) -> None:
 
 
 def apply_tiling(tiling: dict[str, int]) -> None:
-    """Override fields of the kernels' TilingLimits for this process (tile sweeps)."""
-    if not tiling:
-        return
+    """Set the kernels' TilingLimits for this process: the defaults with `tiling`'s fields replaced (each
+    call starts from the defaults, so a sweep of --tiling values does not accumulate)."""
     from polycom.ops.triton import config as kernel_config
 
     fields = {f.name for f in dataclasses.fields(kernel_config.TilingLimits)}
     unknown = sorted(set(tiling) - fields)
     if unknown:
         raise ValueError(f"unknown --tiling keys {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    kernel_config.TILING = dataclasses.replace(kernel_config.TILING, **tiling)
+    kernel_config.TILING = dataclasses.replace(kernel_config.TilingLimits(), **tiling)
+
+
+def tiling_label(tiling: dict[str, int]) -> str:
+    """'k=v,...' of a --tiling override ('' for the defaults), recorded in every row."""
+    return ",".join(f"{k}={v}" for k, v in sorted(tiling.items()))
 
 
 def _cases(cfg: BenchConfig):
@@ -288,6 +292,10 @@ def run(cfg: BenchConfig) -> list[dict]:
     biggest = max(m * n * torch.tensor([], dtype=DTYPES[d]).element_size() for m, n in cfg.shapes for d in cfg.dtypes)
     copy_gbps = copy_bandwidth_gbps(timer, biggest, cfg.device)
     env = dict(provenance_fields(cfg.device, cfg.commit, "liger_kernel"), copy_GBps=copy_gbps)
+    if "polycom" in cfg.providers:
+        from polycom.ops.triton import config as kernel_config
+
+        env.update(tiling=tiling_label(cfg.tiling), kernel_variant=f"v{kernel_config.TILING.variant}")
     print(f"{env['card']}: copy bandwidth {copy_gbps:.0f} GB/s ({biggest / 2**20:.1f} MiB buffers)", flush=True)
     rows: list[dict] = []
     started = time.perf_counter()

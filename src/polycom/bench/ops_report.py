@@ -9,7 +9,7 @@ CSV_FIELDS = [
     "date", "card", "torch", "triton", "cuda", "liger_kernel", "git_commit",
     "op", "provider", "tokens", "hidden", "dtype", "order", "mode", "check",
     "median_ms", "p20_ms", "p80_ms", "min_bytes", "GBps", "copy_GBps", "frac_copy",
-    "peak_MiB", "fwd_kept_MiB", "max_rel_err", "check_detail",
+    "peak_MiB", "fwd_kept_MiB", "max_rel_err", "check_detail", "kernel_variant", "tiling",
 ]  # fmt: skip
 
 

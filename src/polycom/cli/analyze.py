@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from polycom.errors import UserError
+from polycom.utils.hf_folders import TRUST_REMOTE_CODE_HELP
 
 
 def _positive_int(text: str) -> int:
@@ -104,6 +105,8 @@ def register(subparsers) -> None:
     mp.add_argument("--seq-len", type=_positive_int, default=256, help="tokens per sequence (default: %(default)s)")
     mp.add_argument("--device", default="cpu")
     mp.add_argument("--out", default="reports/model", help="output folder (default: %(default)s)")
+    mp.add_argument("--safe", action="store_true", help="load run folders only from files that cannot run code (no sharded checkpoints)")
+    mp.add_argument("--trust-remote-code", action="store_true", help=TRUST_REMOTE_CODE_HELP)
     mp.set_defaults(handler=_model)
 
 
@@ -185,7 +188,16 @@ def _model(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--run folder {run} does not exist")
     start = time.perf_counter()
     cfg = ModelAnalysisConfig(tokens=args.tokens, seq_len=args.seq_len)
-    report = analyze_runs(args.run, args.label, cfg, data=args.data, text=args.text, device=args.device)
+    report = analyze_runs(
+        args.run,
+        args.label,
+        cfg,
+        data=args.data,
+        text=args.text,
+        device=args.device,
+        safe=args.safe,
+        trust_remote_code=args.trust_remote_code,
+    )
     paths = write_model_outputs(report, args.out)
     print(model_markdown(report))
     _print_outputs(paths, time.perf_counter() - start)

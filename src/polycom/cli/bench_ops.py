@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tiling",
         metavar="K=V,...",
-        help="override kernel tile limits (fields of polycom.ops.triton.config.TilingLimits)",
+        action="append",
+        help="override kernel launch limits (fields of polycom.ops.triton.config.TilingLimits: variant, num_warps_fwd, "
+        "num_warps_bwd, num_stages, max_single_tile_*, split_tile_*, ...); repeat to sweep (one run per --tiling)",
     )
     parser.add_argument(
         "--device",
@@ -72,7 +74,9 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=handle)
 
 
-def config_from_args(args: argparse.Namespace, *, static: bool = False) -> bench_ops.BenchConfig:
+def config_from_args(
+    args: argparse.Namespace, *, static: bool = False, tiling: str | None = None
+) -> bench_ops.BenchConfig:
     # --static compiles for sm_90: GPU shapes even on a machine without one.
     return bench_ops.make_config(
         quick=args.quick,
@@ -84,7 +88,7 @@ def config_from_args(args: argparse.Namespace, *, static: bool = False) -> bench
         modes=args.modes,
         order=args.order,
         out_dir=Path(args.out),
-        tiling=bench_ops.parse_tiling(args.tiling),
+        tiling=bench_ops.parse_tiling(tiling),
         write=not args.no_write,
         commit=args.commit,
     )
@@ -97,10 +101,17 @@ def handle(args: argparse.Namespace) -> int:
         print(summarize(Path(args.summarize)))
         return 0
     if args.static:
-        from polycom.bench.ops_static import static_resources
+        from polycom.bench.ops_static import markdown_table, static_resources
 
-        cfg = config_from_args(args, static=True)
-        rows = static_resources(cfg.shapes, cfg.dtypes, [op for op in cfg.ops if op in POLY_OPS], cfg.order, args.sms)
+        rows = []
+        for tiling in args.tiling or [None]:  # one compile sweep per --tiling
+            cfg = config_from_args(args, static=True, tiling=tiling)
+            bench_ops.apply_tiling(cfg.tiling)
+            ops = [op for op in cfg.ops if op in POLY_OPS]
+            rows += static_resources(cfg.shapes, cfg.dtypes, ops, cfg.order, args.sms)
+        print(markdown_table(rows))
         return 1 if any("error" in r for r in rows) else 0
-    rows = bench_ops.run(config_from_args(args))
+    rows = []
+    for tiling in args.tiling or [None]:  # one measured run per --tiling (rows record it)
+        rows += bench_ops.run(config_from_args(args, tiling=tiling))
     return 1 if any(r["check"] != "ok" and r["provider"] == "polycom" for r in rows) else 0

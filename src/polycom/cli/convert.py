@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from polycom.utils.hf_folders import TRUST_REMOTE_CODE_HELP
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -34,6 +36,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--report", default=None, help="also write the report as JSON to this file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--trust-remote-code", action="store_true", help=TRUST_REMOTE_CODE_HELP)
     parser.set_defaults(handler=run)
 
 
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    model, tokenizer = load_model_folder(args.model)
+    model, tokenizer = load_model_folder(args.model, trust_remote_code=args.trust_remote_code)
     report = convert(model, args.activation, args.mode, order=args.order, per_expert=args.per_expert)
     save_converted(model, tokenizer, out, overwrite=args.overwrite)
     Console().print(report.to_markdown())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from polycom.utils.hf_folders import TRUST_REMOTE_CODE_HELP
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -36,6 +38,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--include-path", action="append", default=[], help="extra folder of lm-eval YAML tasks (repeatable)"
     )
+    parser.add_argument("--safe", action="store_true", help="load run folders only from files that cannot run code (no sharded checkpoints)")
+    parser.add_argument("--trust-remote-code", action="store_true", help=TRUST_REMOTE_CODE_HELP)
     parser.add_argument(
         "--offline", action="store_true", help="never touch the network (sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
     )
@@ -69,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         stride=args.stride,
         step=args.step,
+        trust_remote_code=args.trust_remote_code,
+        safe=args.safe,
     )
     print(to_markdown(report), end="")
     if args.out:

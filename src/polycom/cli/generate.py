@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--safe", action="store_true", help="load run folders only from files that cannot run code (no sharded checkpoints)")
     parser.set_defaults(handler=run)
 
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.temperature < 0:
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
     device = pick_device(args.device, option="--device")
-    model, config, tok, _, _ = load_run(args.run, device=device, step=args.step)
+    model, config, tok, _, _ = load_run(args.run, device=device, step=args.step, safe=args.safe)
     ids = tok.encode(args.prompt)
     if not ids:
         ids = [tok.eos_id if tok.eos_id is not None else int(tok.encode("\n")[0])]

@@ -19,6 +19,7 @@ import numpy as np
 
 from polycom.errors import UserError
 from polycom.utils.atomic import write_json
+from polycom.utils.hf_folders import hf_load_kwargs, refusing_unsafe_content
 
 META_FILE = "polycom_tokenizer.json"
 EOS_TOKEN = "<|endoftext|>"
@@ -91,15 +92,21 @@ class HFTokenizer:
 
 
 class TransformersTokenizer:
-    """A `transformers` tokenizer loaded from a local folder without tokenizer.json (e.g. sentencepiece)."""
+    """A `transformers` tokenizer loaded from a local folder without tokenizer.json (e.g. sentencepiece).
 
-    def __init__(self, folder: str | Path) -> None:
+    The folder's own tokenizer code (``auto_map``) runs only with `trust_remote_code`.
+    """
+
+    def __init__(self, folder: str | Path, *, trust_remote_code: bool = False) -> None:
         try:
             from transformers import AutoTokenizer
         except ImportError:
             raise UserError(f"{folder} needs transformers to load: pip install 'polycom[hf]'") from None
         try:
-            self._tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            with refusing_unsafe_content(folder):
+                self._tok = AutoTokenizer.from_pretrained(str(folder), **hf_load_kwargs(trust_remote_code))
+        except UserError:
+            raise
         except Exception as exc:
             raise UserError(f"could not load a tokenizer from {folder}: {exc}") from None
         self.name = f"hf:{Path(folder).name}"

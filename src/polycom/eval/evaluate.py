@@ -23,11 +23,16 @@ def evaluate(
     max_length: int | None = None,
     stride: int | None = None,
     step: int | None = None,
+    trust_remote_code: bool = False,
+    safe: bool = False,
 ) -> dict:
     """Report dict: model, kind, tasks ({task: metrics}), perplexity (list per file), settings, environment."""
     if not tasks and not text_files:
         raise UserError("nothing to evaluate: give tasks and/or text files")
-    em = model if isinstance(model, EvalModel) else load_eval_model(model, device=device, step=step)
+    if isinstance(model, EvalModel):
+        em = model
+    else:
+        em = load_eval_model(model, device=device, step=step, trust_remote_code=trust_remote_code, safe=safe)
     if tasks:  # resolve names before any long work, so a typo fails fast
         from polycom.eval.runner import resolve_tasks
 

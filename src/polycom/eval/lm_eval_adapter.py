@@ -57,6 +57,7 @@ class PolyComEvalLM(TemplateLM):
         dtype: str | None = None,
         step: int | None = None,
         max_length: int | None = None,
+        trust_remote_code: bool | str = False,  # lm-eval's --trust_remote_code; a string from model_args
         max_batch_size: int | None = None,  # accepted for lm-eval's CLI, unused (no auto batch sizing)
         **unused,
     ) -> None:
@@ -66,7 +67,11 @@ class PolyComEvalLM(TemplateLM):
         else:
             torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else None
             self.em = load_eval_model(
-                pretrained, device=_usable_device(device), dtype=torch_dtype, step=None if step is None else int(step)
+                pretrained,
+                device=_usable_device(device),
+                dtype=torch_dtype,
+                step=None if step is None else int(step),
+                trust_remote_code=str(trust_remote_code).lower() == "true",
             )
         if max_length is not None:
             self.em.max_length = min(int(max_length), self.em.max_length)

@@ -64,9 +64,19 @@ def _check_vocab(folder: Path, tokenizer_size: int, vocab_size: int) -> None:
 
 
 def load_eval_model(
-    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, step: int | None = None
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    step: int | None = None,
+    trust_remote_code: bool = False,
+    safe: bool = False,
 ) -> EvalModel:
-    """Load a run folder or an HF folder for evaluation (see module docstring)."""
+    """Load a run folder or an HF folder for evaluation (see module docstring).
+
+    An HF folder's own code runs only with `trust_remote_code` (`polycom.utils.hf_folders`); `safe`
+    loads a run folder only from files that cannot run code (`polycom.train.checkpoint.load_run`).
+    """
     folder = Path(path).expanduser()
     if not folder.exists():
         raise UserError(f"model path {folder} not found")
@@ -76,19 +86,21 @@ def load_eval_model(
 
     device = torch.device(device)
     if is_run_folder(folder):
-        return _load_run(folder, device, dtype, step)
+        return _load_run(folder, device, dtype, step, safe)
     if (folder / "config.json").is_file():
-        return _load_hf(folder, device, dtype)
+        return _load_hf(folder, device, dtype, trust_remote_code)
     raise UserError(
         f"{folder} is not a model: expected a polycom run folder (config.json + checkpoints/) "
         "or a Hugging Face model folder (config.json + weights + tokenizer)"
     )
 
 
-def _load_run(folder: Path, device: torch.device, dtype: torch.dtype | None, step: int | None) -> EvalModel:
+def _load_run(
+    folder: Path, device: torch.device, dtype: torch.dtype | None, step: int | None, safe: bool
+) -> EvalModel:
     from polycom.train.checkpoint import load_run
 
-    model, model_config, tok, _, _ = load_run(folder, device=device, step=step)
+    model, model_config, tok, _, _ = load_run(folder, device=device, step=step, safe=safe)
     if dtype is not None:
         model = model.to(dtype)
     _check_vocab(folder, tok.vocab_size, model_config.vocab_size)
@@ -113,11 +125,12 @@ def _load_run(folder: Path, device: torch.device, dtype: torch.dtype | None, ste
     )
 
 
-def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype | None) -> EvalModel:
+def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype | None, trust_remote_code: bool) -> EvalModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     import polycom.hf  # noqa: F401  (Auto registration of model_type "polycom" and the activation names)
     from polycom.hf.persistence import CONVERSION_KEY, load_converted
+    from polycom.utils.hf_folders import hf_load_kwargs, refusing_unsafe_content
 
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise UserError(f"{folder} is not a model: config.json but no weights ({' / '.join(WEIGHT_FILES[:1])})")
@@ -126,17 +139,22 @@ def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype | None) -> E
             f"tokenizer missing from {folder}: expected tokenizer.json / tokenizer_config.json next to the model "
             "(`polycom export` writes them; for another model copy its tokenizer files into the folder)"
         )
+    load_kwargs = hf_load_kwargs(trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        with refusing_unsafe_content(folder):
+            config = AutoConfig.from_pretrained(str(folder), **load_kwargs)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"{folder}/config.json is not a transformers config: {exc}") from None
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    if getattr(config, CONVERSION_KEY, None):
-        model = load_converted(folder, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+    with refusing_unsafe_content(folder):
+        if getattr(config, CONVERSION_KEY, None):
+            model = load_converted(folder, trust_remote_code=trust_remote_code, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), **load_kwargs, **kwargs)
+        tok = AutoTokenizer.from_pretrained(str(folder), **load_kwargs)
     model = model.to(device).eval()
-    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     vocab_size = model.get_input_embeddings().weight.shape[0]
     _check_vocab(folder, len(tok), vocab_size)
     max_length = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)

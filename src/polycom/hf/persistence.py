@@ -24,17 +24,21 @@ from polycom.hf.activations import register_transformers_activations
 from polycom.hf.conversion_record import CONVERSION_KEY
 from polycom.hf.convert import convert
 from polycom.utils.atomic import replace_folder
+from polycom.utils.hf_folders import hf_load_kwargs, refusing_unsafe_content
 
 __all__ = ["CONVERSION_KEY", "load_converted", "load_model_folder", "save_converted"]
 
 
-def load_converted(path: str | Path, *, dtype: torch.dtype | str | None = None) -> nn.Module:
+def load_converted(
+    path: str | Path, *, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False
+) -> nn.Module:
     """Load a model folder saved after `convert` (any mode), re-applying the recorded conversion.
 
     The original architecture class (from ``config.json``, activation fields restored from
     ``config.polycom_conversion``) is subclassed so that its ``__init__`` replays the recorded
     conversions; that subclass's ``from_pretrained`` then loads the weights through transformers' own
     loader (key renamings, tied weights, dtype), which reports any missing or unexpected weight.
+    Code from the folder runs only with `trust_remote_code` (`polycom.utils.hf_folders`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -42,7 +46,9 @@ def load_converted(path: str | Path, *, dtype: torch.dtype | str | None = None) 
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a model folder (no config.json)")
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    load_kwargs = hf_load_kwargs(trust_remote_code)
+    with refusing_unsafe_content(folder):
+        config = AutoConfig.from_pretrained(str(folder), **load_kwargs)
     record = getattr(config, CONVERSION_KEY, None)
     if not record:
         raise UserError(
@@ -74,9 +80,10 @@ def load_converted(path: str | Path, *, dtype: torch.dtype | str | None = None) 
 
     replayed.__init__ = __init__
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model, info = replayed.from_pretrained(
-        str(folder), config=config, local_files_only=True, output_loading_info=True, **kwargs
-    )
+    with refusing_unsafe_content(folder):
+        model, info = replayed.from_pretrained(
+            str(folder), config=config, output_loading_info=True, **load_kwargs, **kwargs
+        )
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
         raise UserError(f"weights in {folder} do not match the converted architecture: {problems}")
@@ -88,8 +95,12 @@ def load_converted(path: str | Path, *, dtype: torch.dtype | str | None = None) 
 # folders (CLI helpers)
 
 
-def load_model_folder(path: str | Path):
-    """(model, tokenizer | None) from a local Hugging Face causal-LM folder; clear errors for non-model folders."""
+def load_model_folder(path: str | Path, *, trust_remote_code: bool = False):
+    """(model, tokenizer | None) from a local Hugging Face causal-LM folder; clear errors for non-model folders.
+
+    Code from the folder runs only with `trust_remote_code`; pickle weights that need more than tensors
+    are refused (`polycom.utils.hf_folders`).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path).expanduser()
@@ -97,20 +108,26 @@ def load_model_folder(path: str | Path):
         raise UserError(f"model folder {folder} not found")
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    load_kwargs = hf_load_kwargs(trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        with refusing_unsafe_content(folder):
+            config = AutoConfig.from_pretrained(str(folder), **load_kwargs)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"{folder}/config.json is not a transformers config: {exc}") from None
     if getattr(config, CONVERSION_KEY, None):
-        model = load_converted(folder)
+        model = load_converted(folder, trust_remote_code=trust_remote_code)
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+            with refusing_unsafe_content(folder):
+                model = AutoModelForCausalLM.from_pretrained(str(folder), **load_kwargs)
         except OSError as exc:
             raise UserError(f"could not load model weights from {folder}: {exc}") from None
     tokenizer = None
     if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        with refusing_unsafe_content(folder):
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), **load_kwargs)
     return model, tokenizer
 
 

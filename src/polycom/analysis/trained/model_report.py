@@ -42,8 +42,14 @@ def analyze_runs(
     data: str | None = None,
     text: str | None = None,
     device: str = "cpu",
+    *,
+    safe: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict:
-    """Load and analyse every folder in `paths`; returns {"provenance", "config", "runs": [...]}."""
+    """Load and analyse every folder in `paths`; returns {"provenance", "config", "runs": [...]}.
+
+    safe / trust_remote_code: how folders are opened (`polycom.analysis.trained.runs.load_analysis_model`).
+    """
     cfg = cfg or ModelAnalysisConfig()
     if not paths:
         raise UserError("give at least one --run folder")
@@ -51,7 +57,9 @@ def analyze_runs(
         raise UserError(f"got {len(labels)} --label value(s) for {len(paths)} --run folder(s); give one per run")
     runs = []
     for i, path in enumerate(paths):
-        loaded = load_analysis_model(path, labels[i] if labels else None, device=device)
+        loaded = load_analysis_model(
+            path, labels[i] if labels else None, device=device, safe=safe, trust_remote_code=trust_remote_code
+        )
         ids, source = validation_tokens(loaded, cfg.tokens, data=data, text=text)
         vocab = _embedding_rows(loaded.model)
         if vocab is not None and ids.size and int(ids.max()) >= vocab:

@@ -36,8 +36,19 @@ class LoadedModel:
     config: dict
 
 
-def load_analysis_model(path: str | Path, label: str | None = None, device: str = "cpu") -> LoadedModel:
-    """Load a harness run folder or a Hugging Face model folder (see module docstring)."""
+def load_analysis_model(
+    path: str | Path,
+    label: str | None = None,
+    device: str = "cpu",
+    *,
+    safe: bool = False,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a harness run folder or a Hugging Face model folder (see module docstring).
+
+    safe: a run folder only from files that cannot run code (`polycom.train.checkpoint.load_run`);
+    trust_remote_code: let an HF folder run its own code (`polycom.utils.hf_folders`).
+    """
     from polycom.train.checkpoint import is_run_folder, load_run
 
     folder = Path(path).expanduser()
@@ -47,7 +58,7 @@ def load_analysis_model(path: str | Path, label: str | None = None, device: str 
         raise UserError(f"{folder} is not a folder; pass a polycom run folder or a Hugging Face model folder")
     label = label or folder.name
     if is_run_folder(folder):
-        model, _, tokenizer, config, _ = load_run(folder, device=device)
+        model, _, tokenizer, config, _ = load_run(folder, device=device, safe=safe)
         config = dict(config)
         header_path = folder / "run.json"
         if header_path.is_file():  # the trainer records the resolved data folder there
@@ -68,7 +79,7 @@ def load_analysis_model(path: str | Path, label: str | None = None, device: str 
             import polycom.hf  # noqa: F401  (registers the PolyCom classes with transformers' Auto*)
             from polycom.hf.persistence import load_model_folder
 
-            model, tokenizer = load_model_folder(folder)
+            model, tokenizer = load_model_folder(folder, trust_remote_code=trust_remote_code)
             return LoadedModel(label, "hf", str(folder), model.to(device).eval(), tokenizer, {"hf_config": hf_config})
     raise UserError(
         f"{folder} is neither a polycom run folder (config.json with a model section, run.json, checkpoints/) "

@@ -22,6 +22,7 @@ except ImportError as exc:  # keep the message actionable: this is an optional e
         f"polycom's Triton kernels need the `triton` package (pip install polycom[triton]): {exc}"
     ) from exc
 
+import contextlib
 import os
 
 import torch
@@ -35,26 +36,39 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 __all__ = ["poly_norm", "poly_norm_gated", "poly_relu", "poly_relu_gated"]
 
 
+def _autocast_off(x: torch.Tensor):
+    """Autocast rule of the ops: inputs keep their dtype (no cast), the op runs with autocast disabled, and
+    the output has the input's dtype (fp32 math inside, like the reference ops). Under autocast the
+    inputs are the autocast dtype already (outputs of autocast linears); coefficients stay fp32."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def poly_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """PolyNorm over the last dim: sum_{i=1..r} weight[r-i] * N(x**i) + bias, N(u) = u rsqrt(mean(u**2) + eps).
 
     x (..., h) fp16/bf16/fp32(/fp64); weight (r,); bias (1,). Returns x's shape and dtype (fp32 math).
     """
-    return _ops.poly_norm_fwd(x, None, weight, bias, float(eps))[0]
+    with _autocast_off(x):
+        return _ops.poly_norm_fwd(x, None, weight, bias, float(eps))[0]
 
 
 def poly_norm_gated(
     gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
     """poly_norm(gate) * up, fused (product in fp32, one downcast). gate, up (..., h)."""
-    return _ops.poly_norm_fwd(gate, up, weight, bias, float(eps))[0]
+    with _autocast_off(gate):
+        return _ops.poly_norm_fwd(gate, up, weight, bias, float(eps))[0]
 
 
 def poly_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """PolyReLU, elementwise: sum_{i=1..r} weight[r-i] * relu(x)**i + bias."""
-    return _ops.poly_relu_fwd(x, None, weight, bias)
+    with _autocast_off(x):
+        return _ops.poly_relu_fwd(x, None, weight, bias)
 
 
 def poly_relu_gated(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """poly_relu(gate) * up, fused."""
-    return _ops.poly_relu_fwd(gate, up, weight, bias)
+    with _autocast_off(gate):
+        return _ops.poly_relu_fwd(gate, up, weight, bias)

@@ -51,7 +51,9 @@ class TilingLimits:
     num_warps_fwd: int = 0  # 0: the rule of _warps_for (about 16 elements per thread)
     num_warps_bwd: int = 0  # 0: the rule of _warps_for (about 8 elements per thread)
     num_stages: int = 2  # software-pipelining depth of the persistent row / tile loops (variant 2)
-    split_tile: int = 8192  # variant 2: column chunk per program for rows wider than max_single_tile_*
+    split_tile_fwd: int = 8192  # variant 2: column chunk per program for rows wider than max_single_tile_fwd
+    split_tile_bwd: int = 4096  # variant 2: the same for the backward (max_single_tile_bwd[_gated])
+    max_single_tile_bwd_gated: int = 4096  # variant 2 gated backward: wider rows are split (see below)
 
 
 def _variant_from_env() -> int:
@@ -83,10 +85,10 @@ class ElementwiseLaunch:
     grid: tuple[int, int]
 
 
-def _warps_for(elements: int, backward: bool = False) -> int:
-    """4..16 warps: ~16 elements per thread forward, ~8 backward (more live fp32 values per element)."""
+def _warps_for(elements: int, backward: bool = False, max_warps: int = 16) -> int:
+    """4..max_warps warps: ~16 elements per thread forward, ~8 backward (more live fp32 values per element)."""
     per_thread = 8 if backward else 16
-    return max(4, min(16, triton.next_power_of_2(max(1, elements // (32 * per_thread)))))
+    return max(4, min(max_warps, triton.next_power_of_2(max(1, elements // (32 * per_thread)))))
 
 
 def row_launch(m: int, n: int, backward: bool, row_bytes: int = 0, num_sms: int = 1) -> RowLaunch:
@@ -128,22 +130,35 @@ class PersistentRowLaunch:
     blocks: int
 
 
-def persistent_row_launch(m: int, n: int, backward: bool) -> PersistentRowLaunch:
+def persistent_row_launch(m: int, n: int, backward: bool, gated: bool = False) -> PersistentRowLaunch:
     """Tile shape of the persistent (variant 2) PolyNorm kernels for an (m, n) problem; the grid comes
-    from the compiled kernel's residency (`persistent_grid`)."""
+    from the compiled kernel's residency (`persistent_grid`).
+
+    Rows up to max_single_tile_* columns are one register tile; wider rows are split into chunks of
+    split_tile_* columns. Warps: the single-tile backward runs up to 32 warps (8 elements per thread
+    keeps it at <= 64 registers, i.e. 32 resident warps per SM; at 16 warps it needs ~100-128
+    registers, one CTA per SM). The gated backward does not fit 64 registers at 8192 columns, so its
+    wider rows are split (max_single_tile_bwd_gated). Split chunks use 16 elements per thread (their
+    hand prefetch of the next rows needs registers; two CTAs per SM).
+    """
     limits = TILING
-    single_max = limits.max_single_tile_bwd if backward else limits.max_single_tile_fwd
+    if backward:
+        single_max = limits.max_single_tile_bwd_gated if gated else limits.max_single_tile_bwd
+    else:
+        single_max = limits.max_single_tile_fwd
     n_pow2 = triton.next_power_of_2(n)
     if n_pow2 <= single_max:
         block_n, split = n_pow2, 1
         block_m = max(1, limits.elements_per_program // block_n)
         block_m = min(block_m, limits.max_rows_per_program, triton.next_power_of_2(m))
+        rule = _warps_for(block_m * block_n, backward, max_warps=32 if backward else 16)
     else:
-        block_n = triton.next_power_of_2(min(limits.split_tile, single_max))
+        split_tile = limits.split_tile_bwd if backward else limits.split_tile_fwd
+        block_n = triton.next_power_of_2(min(split_tile, single_max))
         block_m, split = 1, triton.cdiv(n, block_n)
+        rule = _warps_for(block_n)
     override = limits.num_warps_bwd if backward else limits.num_warps_fwd
-    warps = override or _warps_for(block_m * block_n, backward)
-    return PersistentRowLaunch(block_m, block_n, split, warps, limits.num_stages, triton.cdiv(m, block_m))
+    return PersistentRowLaunch(block_m, block_n, split, override or rule, limits.num_stages, triton.cdiv(m, block_m))
 
 
 def persistent_grid(work: int, split: int, resident_slots: int) -> int:

@@ -83,7 +83,7 @@ def poly_norm_backward(b, weight, bias, rstd, gated: bool, needs: tuple[bool, bo
     """
     r = weight.numel()
     rp = triton.next_power_of_2(r + 1)  # column r of the dot matrix carries sum g
-    plan = config.persistent_row_launch(b.m, b.n, backward=True)
+    plan = config.persistent_row_launch(b.m, b.n, backward=True, gated=gated)
     scratch, count = _split_scratch(plan, b.m, rp, rstd.dtype, b.x2.device)
     # one row per program, written by every program (rows beyond the grid are never read): no memset
     part = torch.empty((plan.blocks * plan.split, r + 1), dtype=rstd.dtype, device=b.x2.device)

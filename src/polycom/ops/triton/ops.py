@@ -9,9 +9,13 @@ return None):
 
 - ``polycom::poly_norm_fwd(x, up, weight, bias, eps) -> (y, rstd)``: rstd (M, r) fp32 row statistics
   rsqrt(mean(x**(2i)) + eps), saved for the backward (the only state kept besides x and up);
-- ``polycom::poly_norm_bwd(grad, x, up, weight, bias, rstd) -> (dx, d_up, dweight, dbias)``;
+- ``polycom::poly_norm_bwd(grad, x, up, weight, bias, rstd, needs=None) -> (dx, d_up, dweight, dbias)``;
 - ``polycom::poly_relu_fwd(x, up, weight, bias) -> y``;
-- ``polycom::poly_relu_bwd(grad, x, up, weight, bias) -> (dx, d_up, dweight, dbias)``.
+- ``polycom::poly_relu_bwd(grad, x, up, weight, bias, needs=None) -> (dx, d_up, dweight, dbias)``.
+
+``needs`` = [dx, d_up, coefficient gradients] wanted (None: all); the autograd wrapper passes
+``ctx.needs_input_grad``, so gradients nobody asked for are not computed (variant 2 kernels): their
+dx / d_up come back as empty tensors, their coefficient gradients as zeros, and autograd gets None.
 
 ``eps`` is a ``float`` in the schema; it reaches the kernel as an fp32 scalar and is cast to the
 compute dtype inside the kernel, so it never promotes the math to fp64 under compile.
@@ -37,8 +41,17 @@ def _rows(x: Tensor) -> int:
     return m
 
 
-def _empty_like_up(up: Tensor | None, x: Tensor) -> Tensor:
-    return up.new_empty(up.shape) if up is not None else x.new_empty(_EMPTY_SHAPE)
+def _outputs(x: Tensor, wanted, dx, dup, dweight, dbias) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The backward ops' outputs: dx / d_up that were not wanted (never written by the kernels) become empty
+    tensors, so no uninitialised memory leaves the op; unwanted coefficient gradients are zeros."""
+    dx = dx if wanted[0] else x.new_empty(_EMPTY_SHAPE)  # separate empties: outputs must not alias
+    return (dx, dup if dup is not None and wanted[1] else x.new_empty(_EMPTY_SHAPE), dweight, dbias)
+
+
+def _fake_outputs(x, up, weight, bias, wanted) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dx = x.new_empty(x.shape) if wanted[0] else x.new_empty(_EMPTY_SHAPE)
+    dup = up.new_empty(up.shape) if up is not None and wanted[1] else x.new_empty(_EMPTY_SHAPE)
+    return dx, dup, weight.new_empty(weight.shape), bias.new_empty(bias.shape)
 
 
 def _needs(needs: list[bool] | None) -> tuple[bool, bool, bool]:
@@ -81,13 +94,13 @@ def poly_norm_bwd(
     rstd: Tensor,
     needs: list[bool] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, dup, dweight, dbias = launch.poly_norm_backward(grad, x, up, weight, bias, rstd, _needs(needs))
-    return dx, dup if dup is not None else x.new_empty(_EMPTY_SHAPE), dweight, dbias
+    wanted = _needs(needs)
+    return _outputs(x, wanted, *launch.poly_norm_backward(grad, x, up, weight, bias, rstd, wanted))
 
 
 @poly_norm_bwd.register_fake
 def _poly_norm_bwd_fake(grad, x, up, weight, bias, rstd, needs=None):
-    return x.new_empty(x.shape), _empty_like_up(up, x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+    return _fake_outputs(x, up, weight, bias, _needs(needs))
 
 
 def _poly_norm_setup(ctx, inputs, output) -> None:
@@ -125,13 +138,13 @@ def _poly_relu_fwd_fake(x, up, weight, bias):
 def poly_relu_bwd(
     grad: Tensor, x: Tensor, up: Tensor | None, weight: Tensor, bias: Tensor, needs: list[bool] | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, dup, dweight, dbias = launch.poly_relu_backward(grad, x, up, weight, bias, _needs(needs))
-    return dx, dup if dup is not None else x.new_empty(_EMPTY_SHAPE), dweight, dbias
+    wanted = _needs(needs)
+    return _outputs(x, wanted, *launch.poly_relu_backward(grad, x, up, weight, bias, wanted))
 
 
 @poly_relu_bwd.register_fake
 def _poly_relu_bwd_fake(grad, x, up, weight, bias, needs=None):
-    return x.new_empty(x.shape), _empty_like_up(up, x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+    return _fake_outputs(x, up, weight, bias, _needs(needs))
 
 
 def _poly_relu_setup(ctx, inputs, output) -> None:

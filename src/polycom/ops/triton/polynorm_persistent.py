@@ -16,7 +16,9 @@ Same formulas as `polynorm_kernels` (see there); what differs is the schedule:
   2 = one launch, the programs wait on a per-row-block arrival counter (GPU; needs every program
   resident, which the launcher guarantees by never launching more than the resident slots);
   0 then 1 = two launches, publish then combine-and-apply (the Triton CPU interpreter runs programs
-  one after another, so it cannot wait; the arithmetic is the same).
+  one after another, so it cannot wait; the arithmetic is the same). The wait is an inner loop, which
+  Triton's pipeliner does not handle, so split rows prefetch the next row block's tiles into registers
+  by hand (issued before the current block's reduction and wait).
 
 Coefficient-gradient partials: one fp32 row per program (chunk 0 of a split row counts the row once),
 summed by `partials_kernel` in a fixed order.
@@ -63,6 +65,13 @@ def _combine_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, 
 
 
 @triton.jit
+def _rows_tile(ptr, stride, block, cols, M, N, BLOCK_M: tl.constexpr):
+    """Raw (storage dtype) [BLOCK_M, BLOCK_N] tile of row block `block`; zeros beyond M (no access)."""
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    return tl.load(ptr + rows.to(tl.int64)[:, None] * stride + cols, mask=(rows < M)[:, None] & (cols < N), other=0.0)
+
+
+@triton.jit
 def poly_norm_fwd_persistent_kernel(
     x_ptr, up_ptr, y_ptr, w_ptr, b_ptr, rstd_ptr, scratch_ptr, count_ptr, M, N, stride_x, stride_up, stride_y, eps,
     R: tl.constexpr, RP: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -77,12 +86,18 @@ def poly_norm_fwd_persistent_kernel(
     w = _row_weights(w_ptr, ridx, R, ACC)
     b = tl.load(b_ptr).to(ACC)
     eps_acc = tl.cast(eps, ACC)  # a Python float must not turn the math into fp64 (nor stay fp64 for fp32)
+    if SPLIT > 1:  # the wait of split rows stops Triton's pipeliner (inner loop): prefetch the next block by hand
+        x_next = _rows_tile(x_ptr, stride_x, pid // SPLIT, cols, M, N, BLOCK_M)
     for block in tl.range(pid // SPLIT, tl.cdiv(M, BLOCK_M), lanes, num_stages=NUM_STAGES):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < M
         rows64 = rows.to(tl.int64)[:, None]
         mask = row_ok[:, None] & (cols < N)
-        x = tl.load(x_ptr + rows64 * stride_x + cols, mask=mask, other=0.0).to(ACC)
+        if SPLIT > 1:
+            x = x_next.to(ACC)
+            x_next = _rows_tile(x_ptr, stride_x, block + lanes, cols, M, N, BLOCK_M)
+        else:
+            x = tl.load(x_ptr + rows64 * stride_x + cols, mask=mask, other=0.0).to(ACC)
         sums = tl.zeros((BLOCK_M, RP), dtype=ACC)
         if PHASE != 1:
             sums = _add_even_power_sums(sums, x, ridx, R)
@@ -116,18 +131,35 @@ def poly_norm_bwd_persistent_kernel(
     b = tl.load(b_ptr).to(ACC)
     order = (ridx + 1).to(ACC)
     part = tl.zeros((BLOCK_M, RP), dtype=ACC)
+    if SPLIT > 1:  # the wait of split rows stops Triton's pipeliner (inner loop): prefetch the next block by hand
+        x_next = _rows_tile(x_ptr, stride_x, pid // SPLIT, cols, M, N, BLOCK_M)
+        dy_next = _rows_tile(dy_ptr, stride_dy, pid // SPLIT, cols, M, N, BLOCK_M)
+        up_next = _rows_tile(up_ptr, stride_up, pid // SPLIT, cols, M, N * GATED, BLOCK_M)
     for block in tl.range(pid // SPLIT, tl.cdiv(M, BLOCK_M), lanes, num_stages=NUM_STAGES):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < M
         rows64 = rows.to(tl.int64)[:, None]
         mask = row_ok[:, None] & (cols < N)
-        x = tl.load(x_ptr + rows64 * stride_x + cols, mask=mask, other=0.0).to(ACC)
-        dy = tl.load(dy_ptr + rows64 * stride_dy + cols, mask=mask, other=0.0).to(ACC)
-        g = dy
-        if GATED:
-            g = dy * tl.load(up_ptr + rows64 * stride_up + cols, mask=mask, other=0.0).to(ACC)
+        if SPLIT > 1:
+            x = x_next.to(ACC)
+            dy = dy_next.to(ACC)
+            up = up_next.to(ACC)
+            x_next = _rows_tile(x_ptr, stride_x, block + lanes, cols, M, N, BLOCK_M)
+            dy_next = _rows_tile(dy_ptr, stride_dy, block + lanes, cols, M, N, BLOCK_M)
+            up_next = _rows_tile(up_ptr, stride_up, block + lanes, cols, M, N * GATED, BLOCK_M)
+        else:
+            x = tl.load(x_ptr + rows64 * stride_x + cols, mask=mask, other=0.0).to(ACC)
+            dy = tl.load(dy_ptr + rows64 * stride_dy + cols, mask=mask, other=0.0).to(ACC)
+            if GATED:
+                up = tl.load(up_ptr + rows64 * stride_up + cols, mask=mask, other=0.0).to(ACC)
         rstd = tl.load(rstd_ptr + rows64 * R + ridx, mask=row_ok[:, None] & (ridx < R), other=0.0).to(ACC)
         coef = rstd * w
+        g = dy
+        if GATED:
+            g = dy * up
+            if NEED_DUP and PHASE != 0:  # d_up needs no row sum: store it now, so dy and up die before the reduction
+                dup = dy * _poly(x, coef, ridx, b, R)
+                tl.store(dup_ptr + rows64 * stride_dup + cols, dup.to(dup_ptr.dtype.element_ty), mask=mask)
         dots = tl.zeros((BLOCK_M, RP), dtype=ACC)
         if PHASE != 1:
             dots = _add_dot_and_g_sums(dots, g, x, ridx, R)
@@ -139,9 +171,6 @@ def poly_norm_bwd_persistent_kernel(
                 kcoef = dcoef * rstd * rstd * dots / N
                 dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
                 tl.store(dx_ptr + rows64 * stride_dx + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-            if NEED_DUP:
-                dup = dy * _poly(x, coef, ridx, b, R)
-                tl.store(dup_ptr + rows64 * stride_dup + cols, dup.to(dup_ptr.dtype.element_ty), mask=mask)
             if NEED_COEF:  # rho_j S_j for j < R, sum g in column R; a split row counts once (chunk 0)
                 scale = tl.where(ridx < R, rstd, 1.0)
                 part += tl.where(row_ok[:, None] & (ridx + chunk * RP < RP), scale * dots, 0.0)

@@ -85,10 +85,18 @@ def save_sharded_checkpoint(run_dir, step: int, model, optimizer, extra: dict, c
 
 
 def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
-    """The checkpoint of `step`, or the latest; UserError naming the folder when there is none."""
+    """The checkpoint of `step`, or the latest; UserError naming the folder when there is none.
+
+    The result is always inside ``checkpoints/`` (after resolving symlinks): a run folder from someone
+    else cannot point ``latest`` (or a ``step_*`` symlink) at a file elsewhere on this machine.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} not found")
+    return _inside_checkpoints(run_dir, _find(run_dir, step))
+
+
+def _find(run_dir: Path, step: int | None) -> Path:
     if step is not None:
         path = checkpoint_path(run_dir, step)
         if not path.is_file() and path.with_suffix("").is_dir():
@@ -97,12 +105,29 @@ def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
             steps = [_step_of(p) for p in list_checkpoints(run_dir)]
             raise UserError(f"{run_dir} has no checkpoint for step {step} (available: {steps or 'none'})")
         return path
-    latest = checkpoint_dir(run_dir) / "latest"
-    if latest.is_file():
-        path = checkpoint_dir(run_dir) / latest.read_text().strip()
-        if path.exists():
-            return path
+    latest = _named_by_latest(run_dir)
+    if latest is not None:
+        return latest
     found = list_checkpoints(run_dir)
     if not found:
         raise UserError(f"{run_dir} holds no checkpoint (expected {checkpoint_dir(run_dir)}/step_*.pt)")
     return found[-1]
+
+
+def _named_by_latest(run_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names (None without ``latest`` or when it is gone); only a bare step_* name."""
+    latest = checkpoint_dir(run_dir) / "latest"
+    if not latest.is_file():
+        return None
+    name = latest.read_text(encoding="utf-8", errors="replace").strip()
+    if not _NAME.match(name):  # a path ("../../elsewhere", "/etc/x", "..") instead of a checkpoint name
+        raise UserError(f"{latest} names {name[:80]!r}, not a checkpoint in {checkpoint_dir(run_dir)}; refusing it")
+    path = checkpoint_dir(run_dir) / name
+    return path if path.exists() else None
+
+
+def _inside_checkpoints(run_dir: Path, path: Path) -> Path:
+    root = checkpoint_dir(run_dir).resolve()
+    if not path.resolve().is_relative_to(root):
+        raise UserError(f"checkpoint {path} resolves to {path.resolve()}, outside {root}; refusing to load it")
+    return path

@@ -8,6 +8,12 @@ A run folder holds ``config.json`` (the run config: a JSON object with a ``model
 Face ``config.json`` has a ``model_type`` instead), ``run.json``, ``tokenizer/`` and ``checkpoints/``
 (layout.py). A folder with ``run.json`` or ``checkpoints/`` but no ``config.json`` also counts as a
 run folder, so that loading it fails with the reason (no config.json) rather than "not a model".
+
+``safe=True`` (CLI ``--safe``) reads only files that cannot run code when loaded: single-file
+checkpoints (``torch.load(weights_only=True)`` after their checksum) and JSON; a sharded (DCP)
+checkpoint is refused, because DCP unpickles its ``.metadata`` with no restriction (export it with
+``polycom export --checkpoint`` on a machine that trusts it). Without ``safe`` a sharded checkpoint
+loads: open sharded checkpoints only from a source you trust.
 """
 
 from __future__ import annotations
@@ -64,8 +70,17 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_model_weights(path: Path, model: nn.Module) -> None:
-    """Load the model part of checkpoint `path` (a single file, or a DCP folder resharded onto this process)."""
+def load_model_weights(path: Path, model: nn.Module, *, safe: bool = False) -> None:
+    """Load the model part of checkpoint `path` (a single file, or a DCP folder resharded onto this process).
+
+    safe: refuse a DCP folder (its ``.metadata`` is a pickle DCP loads without restriction).
+    """
+    if path.is_dir() and safe:
+        raise UserError(
+            f"{path} is a sharded checkpoint: its .metadata is a pickle that torch loads with no restriction, "
+            "so it is refused in safe mode; on a machine that trusts it run `polycom export --checkpoint "
+            f"{path} --out model.safetensors`, or load it without --safe if you trust its source"
+        )
     if path.is_dir():
         from polycom.distributed.runtime import DistContext
         from polycom.train.checkpoint.sharded import load_sharded
@@ -75,10 +90,13 @@ def load_model_weights(path: Path, model: nn.Module) -> None:
         model.load_state_dict(load_checkpoint(path, map_location="cpu")["model"])
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu", step: int | None = None) -> LoadedRun:
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", step: int | None = None, *, safe: bool = False
+) -> LoadedRun:
     """The model of a run folder from its latest checkpoint (or `step`), in eval mode on `device`.
 
     The tokenizer is the run's ``tokenizer/`` folder, or the byte tokenizer when the run has none.
+    safe: only files that cannot run code when read (see module docstring).
     """
     from polycom.data.tokenizers import load_tokenizer
     from polycom.models import ModelConfig, build_model
@@ -90,7 +108,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", step: int 
         raise UserError(f"{run_dir}/config.json has no 'model' section; it is not a polycom run config")
     model_config = ModelConfig.from_dict(config["model"])
     model = build_model(model_config)
-    load_model_weights(path, model)
+    load_model_weights(path, model, safe=safe)
     model.to(device).eval()
     tok_dir = run_dir / "tokenizer"
     tokenizer = load_tokenizer(tok_dir if tok_dir.is_dir() else "byte")

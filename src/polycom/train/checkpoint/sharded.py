@@ -9,7 +9,8 @@ A checkpoint is a folder:
       .metadata, __0_0.distcp, ...   DCP shards: {"model": model state, "optim": optimizer state}
       polycom_meta.json              format, world size / tp it was saved with, model config, and the
                                      global name -> (shape, dtype) of every model tensor
-      extra_state.pt                 the trainer's `extra_state` (step, data position, ...) from rank 0
+      extra_state.json (+ .safetensors)  the trainer's `extra_state` (step, RNG, data position, ...) from
+                                     rank 0, without pickle (extra_state.py)
 
 Every rank writes its own shards (a multi-node run needs a shared filesystem). The folder is written
 as CKPT.tmp and renamed once complete, so a crash never leaves a half-written CKPT. DCP reshards on
@@ -17,6 +18,11 @@ load, so a checkpoint saved with one layout (e.g. 2 ranks FSDP2) resumes with an
 FSDP2 x TP, or a single process). Before loading, every rank compares the model in the folder with
 the model in memory and raises UserError naming the differences, so an incompatible checkpoint fails
 on every rank instead of hanging.
+
+Trust: DCP's ``.metadata`` is a pickle that torch unpickles with no restriction, so loading a sharded
+checkpoint can run code planted in it; load only sharded checkpoints from a source you trust. To share
+a model, export it (`export_safetensors`); `polycom.train.checkpoint.load_run(..., safe=True)` refuses
+sharded checkpoints and reads only ``weights_only`` / safetensors files.
 
 `export_safetensors(CKPT, OUT)` turns the model part into one `.safetensors` file with the plain
 state-dict names of docs/models.md, for the HF/eval tools; it needs no process group
@@ -38,6 +44,7 @@ from torch import nn
 
 from polycom.distributed.runtime import DistContext
 from polycom.errors import UserError
+from polycom.train.checkpoint.extra_state import read_extra_state, write_extra_state
 from polycom.utils.atomic import replace_folder
 
 __all__ = [
@@ -51,7 +58,6 @@ __all__ = [
 
 FORMAT = "polycom-dcp-1"
 META_FILE = "polycom_meta.json"
-EXTRA_FILE = "extra_state.pt"
 
 
 def _barrier() -> None:
@@ -85,16 +91,6 @@ def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dic
         return {"model": get_model_state_dict(model)}
     model_state, optim_state = get_state_dict(model, optimizer)
     return {"model": model_state, "optim": optim_state}
-
-
-def write_extra_state(folder: Path, extra_state: dict) -> None:
-    """The one writer of ``extra_state.pt`` (rank 0's trainer state: step, RNG, data position, ...)."""
-    torch.save(extra_state, folder / EXTRA_FILE)
-
-
-def read_extra_state(folder: Path) -> dict:
-    """The one reader of ``extra_state.pt`` (the dict `write_extra_state` wrote)."""
-    return torch.load(folder / EXTRA_FILE, weights_only=False)
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:
@@ -151,7 +147,8 @@ def save_sharded(
 ) -> Path:
     """Save model + optimizer shards with DCP into folder `path` (atomically); call on EVERY rank.
 
-    extra_state: anything picklable (step, data position, RNG state); rank 0's copy is kept.
+    extra_state: JSON values and tensors (step, data position, RNG state; see extra_state.py); rank 0's
+    copy is kept.
     Works with one process too (no process group needed).
     """
     import torch.distributed.checkpoint as dcp
