@@ -36,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 <= args.temperature < float("inf"):  # also refuses nan (every comparison with nan is False)
+        raise UserError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0 = no top-k filter), got {args.top_k}")
     device = pick_device(args.device, option="--device")
     model, config, tok, _, _ = load_run(args.run, device=device, step=args.step, safe=args.safe)
     ids = tok.encode(args.prompt)

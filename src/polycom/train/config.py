@@ -20,6 +20,7 @@ Example ``run.toml``::
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field, fields
@@ -46,6 +47,8 @@ class DataConfig:
     tokenizer: "byte", "bpe" or a local tokenizer folder (used only when preparing).
     bpe_vocab_size: vocab of a BPE trained while preparing.
     val_fraction: share of the tokens held out for validation (when preparing).
+    text_errors: invalid UTF-8 in .txt/.jsonl sources (when preparing): "strict" refuses the file,
+        "replace" substitutes U+FFFD.
     """
 
     path: str = ""
@@ -54,6 +57,7 @@ class DataConfig:
     bpe_vocab_size: int = 4096
     val_fraction: float = 0.05
     cache_dir: str = ""
+    text_errors: str = "strict"
 
 
 @dataclass
@@ -135,10 +139,15 @@ class TrainConfig:
             raise UserError(f"train.seq_len {self.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
         if t.precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"train.precision must be auto, fp32 or bf16, got {t.precision!r}")
+        for name, value in dataclasses.asdict(o).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"optim.{name} must be a finite number, got {value}")
         if o.lr <= 0 or not 0 <= o.min_lr_ratio <= 1 or o.warmup_steps < 0 or o.grad_clip < 0:
             raise UserError("optim: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0, grad_clip >= 0")
         if not 0 < self.data.val_fraction < 0.5:
             raise UserError(f"data.val_fraction must be in (0, 0.5), got {self.data.val_fraction}")
+        if self.data.text_errors not in ("strict", "replace"):
+            raise UserError(f"data.text_errors must be strict or replace, got {self.data.text_errors!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -22,6 +22,7 @@ def resolve_data(data: DataConfig, *, show_progress: bool = True, is_main: bool 
         tokenizer=data.tokenizer,
         bpe_vocab_size=data.bpe_vocab_size,
         val_fraction=data.val_fraction,
+        text_errors=data.text_errors,
     )
     if is_main:
         resolve_prepared_data(prepare, cache_dir=data.cache_dir, show_progress=show_progress)
