@@ -84,3 +84,23 @@ def test_override_parser_collects_dotted_options():
     args = parser.parse_args(["--model.d_model", "64", "--steps", "3", "--optim.lr=0.1", "--data.path=/a/b.c"])
     assert args.steps == 3
     assert args.overrides == ["--model.d_model=64", "--optim.lr=0.1", "--data.path=/a/b.c"]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("key", ["lr", "min_lr_ratio", "grad_clip", "weight_decay", "eps"])
+def test_non_finite_optim_values_are_refused_up_front(key, value):
+    with pytest.raises(UserError, match=rf"optim\.{key} must be a finite number, got {value}"):
+        load_config(overrides=[f"--optim.{key}={value}"])
+
+
+def test_data_text_errors_is_checked_and_reaches_the_preparation(monkeypatch):
+    with pytest.raises(UserError, match="data.text_errors must be strict or replace"):
+        load_config(overrides=["--data.text_errors=ignore"])
+    from polycom.train import data_setup
+
+    seen = {}
+    monkeypatch.setattr(data_setup, "resolve_prepared_data", lambda prepare, **kw: seen.setdefault("p", prepare))
+    monkeypatch.setattr(data_setup, "TokenShards", lambda folder: folder)
+    cfg = load_config(overrides=["--data.text_errors=replace", "--data.source=notes.txt"])
+    data_setup.resolve_data(cfg.data, show_progress=False)
+    assert seen["p"].text_errors == "replace" and seen["p"].source == "notes.txt"
