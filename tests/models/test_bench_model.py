@@ -25,19 +25,27 @@ def test_cpu_run_appends_rows_with_metadata(tmp_path, capsys):
     lines = out.read_text().splitlines()
     assert json.loads(lines[0]) == {"old": 1}  # appended, not overwritten
     rows = [json.loads(line) for line in lines[1:]]
-    assert [r["activation"] for r in rows] == ["swiglu", "polynorm"]  # baseline first
+    # baseline first; every activation fused, plus the unfused (eager) SwiGLU reference
+    assert [(r["activation"], r["fused_mlp"]) for r in rows] == [
+        ("swiglu", True),
+        ("polynorm", True),
+        ("swiglu", False),
+    ]
     for r in rows:
         assert r["card"].startswith("CPU") and r["date"] and r["torch"] == torch.__version__
         assert r["git_commit"] and r["preset"] == "tiny" and r["overrides"] == {"n_layers": 1}
         assert r["step_ms"] > 0 and r["tokens_per_s"] == pytest.approx(2 * 16 / (r["step_ms"] / 1e3))
         assert r["mfu"] is None and r["peak_mem_gib"] is None  # CPU: n/a
-    assert rows[0]["step_vs_swiglu"] == 1.0
+    assert rows[0]["step_vs_swiglu"] == 1.0 and rows[2]["step_vs_swiglu_eager"] == 1.0
     assert rows[1]["params_vs_swiglu"] == pytest.approx(1.0, abs=0.01)
+    assert rows[1]["step_vs_swiglu"] == pytest.approx(rows[1]["step_ms"] / rows[0]["step_ms"])
+    assert rows[1]["step_vs_swiglu_eager"] == pytest.approx(rows[1]["step_ms"] / rows[2]["step_ms"])
+    assert all(r["mlp_ms"] > 0 and r["mlp_tokens"] == 32 and r["saved_mib"] > 0 for r in rows)
     printed = capsys.readouterr().out
     assert "| polynorm |" in printed and "MFU: n/a (CPU run)" in printed
     with out.with_suffix(".csv").open() as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == CSV_FIELDS and [r["activation"] for r in table] == ["swiglu", "polynorm"]
+    assert list(table[0]) == CSV_FIELDS and [r["activation"] for r in table] == ["swiglu", "polynorm", "swiglu"]
     assert json.loads(table[1]["overrides"]) == {"n_layers": 1} and table[1]["step_ms"] == str(rows[1]["step_ms"])
 
 
@@ -94,8 +102,26 @@ def test_moe_preset_with_checkpointing_and_grouped_mm(tmp_path):
     args += [*FAST, "--activations", "polynorm", "--model.moe.grouped_mm", "true", "--dtype", "bf16"]
     assert main([*args, "--activation-checkpointing", "--out", str(out)]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [r["activation"] for r in rows] == ["swiglu", "polynorm"]
+    assert [r["activation"] for r in rows] == ["swiglu", "polynorm", "swiglu"]
     assert all(r["activation_checkpointing"] and r["dtype"] == "bf16" for r in rows)
     assert rows[0]["hidden_size"] == 64 and rows[1]["hidden_size"] == 96  # expert widths, parameter matched
     assert rows[1]["active_params"] < rows[1]["params"]
     assert rows[0]["overrides"] == {"n_layers": 1, "moe": {"grouped_mm": True}}
+
+
+def test_saved_bytes_of_the_mlp_block_are_exact():
+    """MLP block (d 64, 32 tokens, fp32): fused PolyNorm keeps x (d) + h (1.5 x 192) + 3 fp32 stats per token;
+    eager SwiGLU keeps x, gate, up, silu(gate) and the product (d + 4 x 192); fused SwiGLU x, gate, up."""
+    from polycom.bench.model import BenchSettings, run_benchmark
+
+    settings = BenchSettings(preset="tiny", activations=("polynorm", "polyrelu"), batch_size=2, seq_len=16, steps=1,
+                             warmup=0, dtype="fp32", device="cpu", overrides=["--model.n_layers=1"], mlp_d_model=64)  # fmt: skip
+    rows = {(r["activation"], r["fused_mlp"]): r for r in run_benchmark(settings)}
+    d, h, t, mib = 64, 192, 32, 4 / 2**20
+    assert rows[("swiglu", False)]["mlp_saved_mib"] == pytest.approx(t * (d + 4 * h) * mib)
+    assert rows[("swiglu", True)]["mlp_saved_mib"] == pytest.approx(t * (d + 2 * h) * mib)
+    assert rows[("polynorm", True)]["mlp_saved_mib"] == pytest.approx(t * (d + 3 * h // 2 + 3) * mib)
+    assert rows[("polyrelu", True)]["mlp_saved_mib"] == pytest.approx(t * (d + 3 * h // 2) * mib)
+    for name in ("polynorm", "polyrelu"):  # the cost-parity targets: <= 0.6x eager SwiGLU, <= fused SwiGLU
+        assert rows[(name, True)]["mlp_saved_vs_swiglu_eager"] <= 0.6
+        assert rows[(name, True)]["mlp_saved_vs_swiglu"] <= 1.0

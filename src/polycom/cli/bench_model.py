@@ -1,8 +1,10 @@
-"""`polycom bench model`: training-step time, tokens/s, MFU and peak memory of the LM per activation.
+"""`polycom bench model`: LM training-step and MLP-block time, saved bytes, MFU and peak memory per activation.
 
 Defaults: on a GPU the anchor benchmark config (preset `anchor`: d 1024, 8 layers,
 16 heads, vocab 32000; batch 16 x 1024, bf16 autocast, fused AdamW); on CPU the `tiny` preset with a
-small batch in fp32 (MFU and memory "n/a"). SwiGLU always runs first as the baseline. Rows (card,
+small batch in fp32 (MFU and memory "n/a"). SwiGLU always runs first as the baseline; every activation runs
+on the fused MLP path and SwiGLU also unfused (--mlp-paths both: all unfused too), timed in interleaved
+rounds (medians). Rows (card,
 versions, git commit, date, settings, numbers) are appended to
 benchmarks/results/bench_model.jsonl (and .csv beside it) unless --no-save. The model is changed with
 ``--model.key=value`` overrides, the grammar of `polycom train`.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from polycom.bench.model import CSV_FIELDS, DEFAULT_ACTIVATIONS, BenchSettings, format_table, run_benchmark
+from polycom.bench.model import CSV_FIELDS, DEFAULT_ACTIVATIONS, BenchSettings, format_table, run_benchmark, variants
 from polycom.bench.rows import append_rows
 from polycom.models.presets import get_preset
 from polycom.train.cli_overrides import enable_overrides
@@ -54,6 +56,17 @@ def register(subparsers) -> None:
         "--activation-checkpointing", action="store_true", help="recompute every block in backward (saves memory)"
     )
     p.add_argument("--backend", choices=("auto", "torch", "triton"), help="PolyCom op backend for the run")
+    p.add_argument(
+        "--mlp-paths",
+        choices=("fused", "both"),
+        default="fused",
+        help="fused: every activation on the fused MLP path plus unfused SwiGLU; both: every activation both ways",
+    )
+    p.add_argument("--mlp-d-model", type=int, help="MLP-block benchmark width (default: the model's d_model)")
+    p.add_argument("--mlp-tokens", type=int, help="MLP-block tokens (default: batch x seq-len; 0: no MLP block)")
+    p.add_argument(
+        "--cpu-compile", action="store_true", help="POLYCOM_CPU_COMPILE=1: compiled closed-form activation math"
+    )
     p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s for MFU when the card is not in the table")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON-lines file to append to (default: %(default)s)")
     p.add_argument("--no-save", action="store_true", help="print the table only")
@@ -87,6 +100,10 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
         overrides=list(args.overrides),
         seed=args.seed,
+        mlp_paths=args.mlp_paths,
+        mlp_d_model=args.mlp_d_model,
+        mlp_tokens=args.mlp_tokens,
+        cpu_compile=args.cpu_compile,
     )
 
 
@@ -100,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         f"bench model: preset {settings.preset}, batch {settings.batch_size} x {settings.seq_len}, {settings.dtype}, "
         f"{settings.warmup} warmup + {settings.steps} timed steps on {settings.device}"
     )
-    n = len({"swiglu", *settings.activations})
+    n = len(variants(settings)) + 1
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:

@@ -45,7 +45,7 @@ def _triton_ops():
 def activation_forward(kind: str, h, up, weight, bias, eps: float):
     """(a, stats or None): act(h) (* up); stats is PolyNorm's (..., r) inv_rms (Triton: (rows, r))."""
     if kind == "swiglu":
-        return closed_form.swiglu_forward(h, up), None
+        return compiled(closed_form.swiglu_forward)(h, up), None
     triton = backend_for(h) == "triton"
     if kind == "polynorm":
         if triton:
@@ -66,7 +66,7 @@ def activation_recompute(kind: str, h, up, weight, bias, stats, eps: float) -> t
 def activation_backward(kind: str, grad, h, up, weight, bias, stats, needs):
     """(dh, d_up, dweight, dbias) of `activation_forward`; None for what `needs` does not ask."""
     if kind == "swiglu":
-        return (*closed_form.swiglu_backward(grad, h, up, needs), None, None)
+        return (*compiled(closed_form.swiglu_backward)(grad, h, up, needs), None, None)
     if backend_for(h) == "triton":
         ops = _triton_ops()
         if kind == "polynorm":
