@@ -11,3 +11,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem with the user's input, reported without a traceback by the CLI."""
+
+
+def did_you_mean(name: str, known, n: int = 3) -> str:
+    """``"; did you mean: a, b"`` naming the entries of `known` closest to `name` (difflib), or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name).strip().lower(), [str(k) for k in known], n=n, cutoff=0.6)
+    return f"; did you mean: {', '.join(close)}" if close else ""

@@ -133,7 +133,7 @@ def test_finished_comparison_refused(prepared, tmp_path, capsys):
 
 
 def test_generate_without_checkpoint(tmp_path, capsys):
-    fails(capsys, ["generate", "--run", str(tmp_path), "--prompt", "a"], "no config.json")
+    fails(capsys, ["generate", "--run", str(tmp_path), "--prompt", "a"], "holds no checkpoint")
 
 
 def test_console_script_prints_no_traceback(tmp_path):

@@ -17,6 +17,14 @@ from polycom.distributed import DistContext
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 RTOL = 2e-5  # fp32 sums in a different order over a few optimizer steps
+# The tiny runs start near log(64) = 4.16 and learn the sequence rule: over 3-4 steps the one-process loss falls
+# by 0.27 to 0.6 (measured); a run that does not learn, or goes up, fails.
+MIN_DROP = 0.2
+
+
+def _learns(losses: list[float]) -> None:
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert losses[-1] < losses[0] - MIN_DROP, f"loss did not fall by {MIN_DROP}: {losses}"
 
 
 def _close(got: list[float], want: list[float]) -> None:
@@ -43,7 +51,7 @@ TWO_RANK = {
     # MoE layers stay replicated over the TP group; attention is still sharded
     "grads_tp_moe": dict(kind="grads", model=dict(moe=dict(num_experts=4, top_k=2)), parallel=dict(tp=2)),
     "save": dict(kind="save", parallel=dict(fsdp=True), steps=5, save_at=3),
-    "meta_init": dict(kind="meta_init", meta=True, parallel=dict(fsdp=True), steps=2),
+    "meta_init": dict(kind="meta_init", meta=True, parallel=dict(fsdp=True), steps=4),
     "resume_other_model": dict(
         kind="error", inner=dict(kind="resume", model=dict(d_model=64), parallel=dict(fsdp=True), steps=5)
     ),
@@ -60,7 +68,7 @@ FOUR_RANK = {
     "tp4": dict(kind="train", parallel=dict(tp=4), steps=3),
     "grads_fsdp_x_tp": dict(kind="grads", model=dict(activation="polyrelu_glu"), parallel=dict(fsdp=True, tp=2)),
     "resume_fsdp_x_tp": dict(kind="resume", parallel=dict(fsdp=True, tp=2), steps=5),
-    "meta_init_fsdp_x_tp": dict(kind="meta_init", meta=True, parallel=dict(fsdp=True, tp=2), steps=2),
+    "meta_init_fsdp_x_tp": dict(kind="meta_init", meta=True, parallel=dict(fsdp=True, tp=2), steps=4),
 }
 
 
@@ -97,8 +105,9 @@ def test_two_process_runs_match_one_process(two_rank, name):
     task = TWO_RANK[name]
     dp_size = 2 // task["parallel"].get("tp", 1)
     want = reference_losses(task.get("model", {}), task["steps"], dp_size)
-    assert want[-1] < want[0], "the reference run should learn something"
+    _learns(want)
     for rank_results in two_rank:
+        _learns(rank_results[name])
         _close(rank_results[name], want)
 
 
@@ -126,7 +135,9 @@ def test_fsdp_x_tp_gradients_match_one_process(four_rank):
 def test_four_process_runs_match_one_process(four_rank, name):
     task = FOUR_RANK[name]
     want = reference_losses(task.get("model", {}), task["steps"], 4 // task["parallel"]["tp"])
+    _learns(want)
     for rank_results in four_rank:
+        _learns(rank_results[name])
         _close(rank_results[name], want)
 
 
@@ -172,7 +183,7 @@ def _check_meta_init(per_rank: list[dict]) -> None:
     for r in per_rank:
         assert not r["halves_equal"], "the two FSDP shards of a weight got the same random draws"
         assert 0.015 < r["full_std"] < 0.025  # init_std 0.02
-        assert r["losses"][-1] < r["losses"][0] + 0.5 and all(torch.isfinite(torch.tensor(r["losses"])))
+        _learns(r["losses"])
         torch.testing.assert_close(r["norm_weight"], torch.ones(32))
         assert r["full_std"] == a["full_std"] and r["losses"] == a["losses"], "ranks disagree on the full weights"
 

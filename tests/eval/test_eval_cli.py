@@ -57,7 +57,7 @@ def test_cli_bad_input(tmp_path, capsys):
     from polycom.models import ModelConfig, build_model
 
     assert main(["eval", "--model", str(tmp_path / "missing"), "--text", "x.txt"]) == 2
-    assert "not found" in _err(capsys)
+    assert "does not exist" in _err(capsys)
 
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("hello")

@@ -84,7 +84,7 @@ def test_load_run_latest_and_step(tmp_path):
 
 
 def test_load_run_bad_folders(tmp_path):
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="does not exist"):
         load_run(tmp_path / "missing")
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     with pytest.raises(UserError, match="holds no checkpoint"):

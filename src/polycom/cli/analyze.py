@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from polycom.errors import UserError
+from polycom.train.threads import THREADS_HELP
 from polycom.utils.hf_folders import TRUST_REMOTE_CODE_HELP
 
 
@@ -94,6 +95,7 @@ def register(subparsers) -> None:
     mp = sub.add_parser(
         "model",
         help="effective rank, layer similarity, PolyCom coefficients, activation distributions of trained models",
+        epilog=THREADS_HELP,
     )
     mp.add_argument("--run", action="append", required=True, metavar="DIR", help="run folder or HF folder (repeatable)")
     mp.add_argument("--label", action="append", default=None, help="label per --run, in order (default: folder name)")
@@ -176,6 +178,7 @@ def _model(args: argparse.Namespace) -> int:
 
     from polycom.analysis.trained.model_analysis import ModelAnalysisConfig
     from polycom.analysis.trained.model_report import analyze_runs, model_markdown, write_model_outputs
+    from polycom.train.threads import cpu_threads
 
     try:
         device = torch.device(args.device)
@@ -188,16 +191,17 @@ def _model(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--run folder {run} does not exist")
     start = time.perf_counter()
     cfg = ModelAnalysisConfig(tokens=args.tokens, seq_len=args.seq_len)
-    report = analyze_runs(
-        args.run,
-        args.label,
-        cfg,
-        data=args.data,
-        text=args.text,
-        device=args.device,
-        safe=args.safe,
-        trust_remote_code=args.trust_remote_code,
-    )
+    with cpu_threads(device=device):
+        report = analyze_runs(
+            args.run,
+            args.label,
+            cfg,
+            data=args.data,
+            text=args.text,
+            device=args.device,
+            safe=args.safe,
+            trust_remote_code=args.trust_remote_code,
+        )
     paths = write_model_outputs(report, args.out)
     print(model_markdown(report))
     _print_outputs(paths, time.perf_counter() - start)

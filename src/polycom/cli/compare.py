@@ -14,6 +14,7 @@ from pathlib import Path
 
 from polycom.modules.activations import DEFAULT_ACTIVATIONS
 from polycom.train.cli_overrides import enable_overrides
+from polycom.train.threads import THREADS_HELP
 
 
 def register(subparsers) -> None:
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
         "compare",
         help="Train one LM per activation on the same data and compare them (report.md, loss.png)",
         description=__doc__,
+        epilog=THREADS_HELP + "; --train.threads=N sets it for the training runs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

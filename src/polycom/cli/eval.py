@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from polycom.train.threads import THREADS_HELP
 from polycom.utils.hf_folders import TRUST_REMOTE_CODE_HELP
 
 
@@ -18,6 +19,7 @@ def register(subparsers) -> None:
         "eval",
         help="Evaluate a model with lm-evaluation-harness",
         description="Evaluate a polycom run folder or a Hugging Face folder: lm-eval tasks and text perplexity.",
+        epilog=THREADS_HELP,
     )
     parser.add_argument("--model", required=True, help="run folder (polycom train) or Hugging Face model folder")
     parser.add_argument(
@@ -60,8 +62,19 @@ def run(args: argparse.Namespace) -> int:
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
 
     from polycom.eval import evaluate, to_markdown, write_report
+    from polycom.train.threads import cpu_threads
 
-    report = evaluate(
+    with cpu_threads(device=args.device):
+        report = _evaluate(args, evaluate, tasks, limit)
+    print(to_markdown(report), end="")
+    if args.out:
+        json_path, md_path = write_report(report, args.out)
+        print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, evaluate, tasks: list[str], limit):
+    return evaluate(
         args.model,
         tasks=tasks,
         text_files=args.text,
@@ -76,8 +89,3 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         safe=args.safe,
     )
-    print(to_markdown(report), end="")
-    if args.out:
-        json_path, md_path = write_report(report, args.out)
-        print(f"wrote {json_path} and {md_path}")
-    return 0

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 
+from polycom.train.threads import THREADS_HELP
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate",
         help="Sample text from a trained run",
         description=__doc__,
+        epilog=THREADS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--run", required=True, help="run folder (polycom train / compare)")
@@ -28,10 +31,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from polycom.errors import UserError
-    from polycom.train.checkpoint import load_run
+    from polycom.train.threads import cpu_threads
     from polycom.utils.hardware import pick_device
 
     if args.max_new_tokens < 1:
@@ -41,6 +42,18 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 = no top-k filter), got {args.top_k}")
     device = pick_device(args.device, option="--device")
+    with cpu_threads(device=device):
+        text = _generate(args, device)
+    print(text if args.prompt else text.lstrip("\n"))
+    return 0
+
+
+def _generate(args: argparse.Namespace, device) -> str:
+    import torch
+
+    from polycom.errors import UserError
+    from polycom.train.checkpoint import load_run
+
     model, config, tok, _, _ = load_run(args.run, device=device, step=args.step, safe=args.safe)
     ids = tok.encode(args.prompt)
     if not ids:
@@ -54,6 +67,4 @@ def run(args: argparse.Namespace) -> int:
         out = model.generate(
             prompt, new, temperature=args.temperature, top_k=args.top_k or None, generator=gen, eos_id=tok.eos_id
         )
-    text = tok.decode(out[0].tolist())
-    print(text if args.prompt else text.lstrip("\n"))
-    return 0
+    return tok.decode(out[0].tolist())

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from polycom.train.cli_overrides import enable_overrides
+from polycom.train.threads import THREADS_HELP
 
 
 def register(subparsers) -> None:
@@ -27,6 +28,7 @@ def register(subparsers) -> None:
         "train",
         help="Train one language model (run folder with metrics, checkpoints, tokenizer)",
         description=__doc__,
+        epilog=THREADS_HELP + "; --train.threads=N sets it for this run.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", default=None, help="TOML run config ([model], [data], [optim], [train], ...)")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from polycom.errors import UserError
+from polycom.utils.paths import existing_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 WEIGHT_FILES = (
@@ -77,11 +78,7 @@ def load_eval_model(
     An HF folder's own code runs only with `trust_remote_code` (`polycom.utils.hf_folders`); `safe`
     loads a run folder only from files that cannot run code (`polycom.train.checkpoint.load_run`).
     """
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise UserError(f"model path {folder} not found")
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not a model: expected a folder (a polycom run folder or a Hugging Face folder)")
+    folder = existing_folder(path, "model folder")
     from polycom.train.checkpoint import is_run_folder
 
     device = torch.device(device)

@@ -13,7 +13,6 @@ place (atomic: a failed export leaves no half-written folder under the target na
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ import torch
 from torch import nn
 
 from polycom.errors import UserError
-from polycom.utils.atomic import replace_folder
+from polycom.utils.atomic import replace_folder, temp_folder_beside
+from polycom.utils.paths import existing_folder
 
 HF_PREFIX = "model."
 
@@ -134,8 +134,7 @@ def export_model(
         extra["polycom_source"] = source
     hf = harness_to_hf(model, **extra)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_folder_beside(out)
     try:
         hf.save_pretrained(str(tmp), safe_serialization=True)
         if hf_tok is not None:
@@ -163,6 +162,10 @@ def model_card(config, source: dict[str, Any] | None) -> str:
         "---\nlibrary_name: transformers\ntags:\n- polycom\n- " + config.activation + "\n---\n\n"
         f"# PolyCom decoder ({config.activation}, {kind})\n\n{origin}{params}.\n\n"
         "PolyCom activations: Zhuo et al., Polynomial Composition Activations, ICLR 2025 (arXiv 2411.03884).\n\n"
+        "Loading needs the `polycom` package (`pip install polycom`) and `import polycom.hf` before the Auto "
+        "classes: that import registers `model_type: polycom` with them (no `trust_remote_code`). Without it "
+        "transformers reports that it does not recognize the model type `polycom` and suggests upgrading "
+        "transformers; upgrading does not help, the import does.\n\n"
         "```python\nimport polycom.hf  # registers model_type 'polycom' with the Auto classes\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "model = AutoModelForCausalLM.from_pretrained(PATH)\ntokenizer = AutoTokenizer.from_pretrained(PATH)\n```\n"
@@ -175,9 +178,8 @@ def export_run(
     """Export the latest (or `step`) checkpoint of a harness run folder with its tokenizer."""
     from polycom.train.checkpoint import load_run
 
-    run = Path(run_dir).expanduser()
-    if not run.is_dir():
-        raise UserError(f"run folder {run} not found")
+    run = existing_folder(run_dir, "run folder")
     loaded = load_run(run, device="cpu", step=step)
-    source = {"run": str(run.resolve()), "checkpoint": loaded.checkpoint.name}
+    # The run's folder name only: an absolute path would publish the exporting user's file system.
+    source = {"run": run.resolve().name, "checkpoint": loaded.checkpoint.name}
     return export_model(loaded.model, loaded.tokenizer, out_dir, overwrite=overwrite, verify=verify, source=source)

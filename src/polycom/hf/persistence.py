@@ -13,7 +13,6 @@ stacking, tied weights; missing or unexpected weights are an error).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from polycom.errors import UserError
 from polycom.hf.activations import register_transformers_activations
 from polycom.hf.conversion_record import CONVERSION_KEY
 from polycom.hf.convert import convert
-from polycom.utils.atomic import replace_folder
+from polycom.utils.atomic import replace_folder, temp_folder_beside
 from polycom.utils.hf_folders import hf_load_kwargs, refusing_unsafe_content
 
 __all__ = ["CONVERSION_KEY", "load_converted", "load_model_folder", "save_converted"]
@@ -136,8 +135,7 @@ def save_converted(model: nn.Module, tokenizer, out_dir: str | Path, *, overwrit
     out = Path(out_dir).expanduser()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_folder_beside(out)
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:

@@ -90,8 +90,9 @@ class LoopConfig:
     keep_checkpoints: newest checkpoints kept (0 = keep all).
     precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
     compile: wrap the model in torch.compile. device: "auto", "cpu", "cuda", "cuda:1", ...
-    threads: torch CPU threads: 0 = torch default, N > 0 = N, -1 = adaptive between the default and 1
-        (fast when other processes share the cores; not bit-reproducible; see polycom.train.threads).
+    threads: torch CPU threads: -1 = adaptive between the default and 1 (the default: fast when other processes
+        share the cores; not bit-reproducible), 0 = torch default, N > 0 = N; the environment variable
+        POLYCOM_THREADS overrides it (the one thread policy of every command: polycom.train.threads).
     """
 
     steps: int = 600
@@ -107,7 +108,7 @@ class LoopConfig:
     precision: str = "auto"
     compile: bool = False
     device: str = "auto"
-    threads: int = 0
+    threads: int = -1
 
 
 @dataclass

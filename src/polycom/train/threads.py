@@ -1,4 +1,12 @@
-"""Adaptive CPU thread count (``train.threads = -1``): survive other processes on a small machine.
+"""The one CPU thread policy of every command: adaptive by default, overridable with POLYCOM_THREADS.
+
+Settings: ``-1`` adaptive (the default of every command), ``0`` torch's default (one thread per core),
+``N > 0`` exactly N threads. ``POLYCOM_THREADS=N`` in the environment overrides the setting of any
+command (`thread_setting`); ``polycom train`` / ``compare`` also take ``--train.threads=N``.
+Training applies it per optimizer step (`ThreadGovernor` in the trainer); generation, evaluation,
+analysis and compare's sample phase per top-level forward pass (`cpu_threads`).
+
+Adaptive CPU thread count: survive other processes on a small machine.
 
 With torch's default intra-op threads (= cores) and another busy process on the same cores, a training
 step can become 10-25x slower (threads wait at barriers for a peer that is descheduled), while one
@@ -14,9 +22,23 @@ Numerics: a different thread count can change the rounding of parallel reduction
 
 from __future__ import annotations
 
+import os
 import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+
+from polycom.errors import UserError
+
+THREADS_ENV = "POLYCOM_THREADS"
+ADAPTIVE = -1
+THREADS_HELP = (
+    "CPU threads: adaptive by default (torch's default or 1, whichever runs faster\n"
+    "while other processes share the cores). Override: environment variable\n"
+    f"{THREADS_ENV}=N (N threads, 0 = torch default, -1 = adaptive)"
+)
 
 
 class ThreadGovernor:
@@ -60,3 +82,60 @@ class ThreadGovernor:
 
     def restore(self) -> None:
         self._set(self.many)
+
+
+def thread_setting(configured: int | None = None) -> int:
+    """The thread setting in force: ``POLYCOM_THREADS`` when set, else `configured`, else adaptive (-1)."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if text:
+        try:
+            value = int(text)
+        except ValueError:
+            value = ADAPTIVE - 1
+        if value < ADAPTIVE:
+            raise UserError(f"{THREADS_ENV} must be -1 (adaptive), 0 (torch default) or N > 0, got {text!r}")
+        return value
+    return ADAPTIVE if configured is None else configured
+
+
+@contextmanager
+def cpu_threads(setting: int | None = None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Apply the thread policy to the forward passes run inside (generation, evaluation, analysis).
+
+    setting: as in the module docstring; None -> `thread_setting()`. N > 0 sets N threads; adaptive times
+    every top-level ``nn.Module`` forward (torch's global forward hooks; nested modules are not counted)
+    and lets a `ThreadGovernor` choose between torch's default and 1 thread. The thread count before
+    the block is restored after it. Off the CPU the adaptive policy does nothing (GPU work is async).
+    """
+    setting = thread_setting(setting)
+    before = torch.get_num_threads()
+    if setting > 0:
+        torch.set_num_threads(setting)
+    adaptive = setting == ADAPTIVE and torch.device(device).type == "cpu"
+    governor = ThreadGovernor(enabled=adaptive)
+    handles = _time_top_level_forwards(governor.step_done) if governor.enabled else []
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        torch.set_num_threads(before)
+
+
+def _time_top_level_forwards(on_done) -> list:
+    """Global forward hooks calling ``on_done(seconds)`` after each outermost module forward."""
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    state = {"depth": 0, "t0": 0.0}
+
+    def pre(module, args):
+        if state["depth"] == 0:
+            state["t0"] = time.perf_counter()
+        state["depth"] += 1
+
+    def post(module, args, output):
+        state["depth"] = max(0, state["depth"] - 1)
+        if state["depth"] == 0:
+            on_done(time.perf_counter() - state["t0"])
+
+    return [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from polycom.train.optim import build_optimizer, clip_grad_norm
 from polycom.train.run_files import initial_val_from_metrics, prepare_run_dir, write_run_files
 from polycom.train.schedule import WarmupCosine
 from polycom.train.signals import StopFlag
-from polycom.train.threads import ThreadGovernor
+from polycom.train.threads import ThreadGovernor, thread_setting
 from polycom.utils.hardware import autocast_context, compute_dtype, peak_flops, pick_device
 
 __all__ = ["StepOutput", "TrainResult", "Trainer", "train"]
@@ -97,6 +97,7 @@ def train(
     prepare_run_dir(run_dir, resume)
     # Verify the checkpoint before anything is written: a corrupt file leaves the folder untouched.
     state = _read_resume_state(run_dir) if resume else None
+    cfg = replace(cfg, train=replace(cfg.train, threads=thread_setting(cfg.train.threads)))  # POLYCOM_THREADS wins
     threads_before = torch.get_num_threads()
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)

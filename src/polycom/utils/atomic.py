@@ -1,6 +1,10 @@
 """Atomic writes: every report, config and export is written next to its destination, then moved
 into place with `os.replace`, so an interrupted run never leaves a half-written file or folder and
 never loses what was there before.
+
+Durable too: the temp file is fsynced before the rename and the folder after it (`fsync_folder`), so
+after a power loss or kernel crash the destination holds the old or the new content, never an empty
+or partial file (without the fsyncs a file system may commit the rename before the data).
 """
 
 from __future__ import annotations
@@ -13,12 +17,68 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["append_lines", "replace_folder", "save_figure", "to_jsonable", "write_json", "write_text"]
+__all__ = [
+    "append_lines",
+    "current_umask",
+    "fsync_file",
+    "fsync_folder",
+    "replace_folder",
+    "save_figure",
+    "temp_folder_beside",
+    "to_jsonable",
+    "write_json",
+    "write_text",
+]
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; os has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temp file beside `path` with the mode a plain ``open(path, "w")`` would give (0666 & ~umask).
+
+    mkstemp creates 0600 files, and os.replace keeps that mode: reports would be private while the
+    rest of the run folder follows the user's umask like every other tool.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~current_umask())
+    return fd, tmp
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # e.g. Windows: folders cannot be opened, and NTFS journals renames itself
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (network, FUSE) refuse fsync on a folder: nothing more to do
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_folder_beside(out: Path) -> Path:
+    """A temp folder beside `out` (to fill, then `replace_folder`) with mode 0777 & ~umask, not mkdtemp's 0700."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
 
 
 def to_jsonable(obj):
@@ -41,7 +101,10 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -78,7 +141,9 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 130, **savefig_kwargs) 
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -89,7 +154,14 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 130, **savefig_kwargs) 
 
 
 def replace_folder(tmp: Path, out: Path) -> Path:
-    """Move the finished folder `tmp` to `out`, replacing an existing `out` only once `tmp` is complete."""
+    """Move the finished folder `tmp` to `out`, replacing an existing `out` only once `tmp` is complete.
+
+    The files of `tmp` and `tmp` itself are fsynced first, the parent after the move.
+    """
+    for file in Path(tmp).rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            fsync_file(file)
+    fsync_folder(tmp)
     if out.exists():
         old = out.with_name(f".{out.name}.old")
         if old.exists():
@@ -99,4 +171,5 @@ def replace_folder(tmp: Path, out: Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+    fsync_folder(out.parent)
     return out

@@ -18,6 +18,7 @@ from typing import Any
 
 from polycom.errors import UserError
 from polycom.train.checkpoint.single_file import checksum_path, write_checkpoint_file, write_synced
+from polycom.utils.paths import existing_folder
 
 __all__ = [
     "checkpoint_dir",
@@ -90,9 +91,7 @@ def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
     The result is always inside ``checkpoints/`` (after resolving symlinks): a run folder from someone
     else cannot point ``latest`` (or a ``step_*`` symlink) at a file elsewhere on this machine.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} not found")
+    run_dir = existing_folder(run_dir, "run folder")
     return _inside_checkpoints(run_dir, _find(run_dir, step))
 
 

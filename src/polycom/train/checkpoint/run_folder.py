@@ -28,6 +28,7 @@ from torch import nn
 from polycom.errors import UserError
 from polycom.train.checkpoint.layout import find_checkpoint
 from polycom.train.checkpoint.single_file import load_checkpoint
+from polycom.utils.paths import existing_folder
 
 __all__ = ["LoadedRun", "is_run_folder", "load_model_weights", "load_run", "read_run_config"]
 
@@ -64,7 +65,7 @@ def is_run_folder(path: str | Path) -> bool:
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's config.json as a dict; UserError when it is missing."""
-    path = Path(run_dir) / "config.json"
+    path = existing_folder(run_dir, "run folder") / "config.json"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a polycom run folder (no config.json)")
     return json.loads(path.read_text())

@@ -24,6 +24,7 @@ from typing import IO, Any
 import torch
 
 from polycom.errors import UserError
+from polycom.utils.atomic import fsync_folder
 
 __all__ = [
     "FORMAT",
@@ -55,13 +56,14 @@ def checksum_path(path: str | Path) -> Path:
 
 
 def write_synced(path: Path, write: Callable[[IO], None], mode: str = "wb") -> Path:
-    """Atomic and durable: `write(fh)` into a temporary file beside `path`, fsync, then rename onto `path`."""
+    """Atomic and durable: `write(fh)` into a temporary file beside `path`, fsync, rename onto `path`, fsync the folder."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open(mode) as fh:
         write(fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fsync_folder(path.parent)
     return path
 
 
