@@ -35,7 +35,7 @@ def register(subparsers) -> None:
         help="MoE experts: one PolyCom coefficient set per expert (default: one per layer, shared by its experts)",
     )
     parser.add_argument("--report", default=None, help="also write the report as JSON to this file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output folder an earlier polycom convert/export wrote")
     parser.add_argument("--trust-remote-code", action="store_true", help=TRUST_REMOTE_CODE_HELP)
     parser.set_defaults(handler=run)
 
@@ -46,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from polycom.errors import UserError
     from polycom.hf.convert import convert
     from polycom.hf.persistence import load_model_folder, save_converted
+    from polycom.utils.owned_outputs import check_overwritable
 
     out = Path(args.out).expanduser()
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    check_overwritable(out, overwrite=args.overwrite)  # before the (slow) load
     model, tokenizer = load_model_folder(args.model, trust_remote_code=args.trust_remote_code)
     report = convert(model, args.activation, args.mode, order=args.order, per_expert=args.per_expert)
     save_converted(model, tokenizer, out, overwrite=args.overwrite)

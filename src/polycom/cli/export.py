@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     source.add_argument("--checkpoint", help="DCP checkpoint folder of a multi-process run (-> one .safetensors)")
     parser.add_argument("--out", required=True, help="output folder (--run) or .safetensors file (--checkpoint)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder or file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output folder or file an earlier polycom export wrote")
     parser.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare-logits check")
     parser.set_defaults(handler=run)
 
@@ -45,14 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export_checkpoint(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from polycom.errors import UserError
     from polycom.train.checkpoint import export_safetensors
+    from polycom.utils.owned_outputs import check_overwritable
 
     if args.step is not None or args.no_verify:
         raise UserError("--step and --no-verify apply to --run; --checkpoint names one checkpoint folder")
-    if Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    check_overwritable(args.out, overwrite=args.overwrite)
     print(f"wrote {export_safetensors(args.checkpoint, args.out)}")
     return 0

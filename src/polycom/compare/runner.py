@@ -21,7 +21,7 @@ import torch
 from polycom.compare.config import CompareConfig, baseline_activation
 from polycom.compare.layout import COMPARE_FILE, DATA_FOLDER, prepare_output_folder, run_dir, run_finished
 from polycom.compare.recipe import build_run_config, load_recipe
-from polycom.errors import UserError
+from polycom.errors import UserError, did_you_mean
 from polycom.train.config import TrainConfig
 from polycom.utils.atomic import write_json
 
@@ -34,7 +34,7 @@ def _check_activations(names: list[str]) -> list[str]:
     for name in names:
         key = name.strip().lower()
         if key not in valid:
-            raise UserError(f"unknown activation {name!r}; available: {', '.join(valid)}")
+            raise UserError(f"unknown activation {name!r}{did_you_mean(key, valid)}; available: {', '.join(valid)}")
         if key in clean:
             raise UserError(f"activation {key!r} is listed twice")
         clean.append(key)

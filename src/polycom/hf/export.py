@@ -21,6 +21,7 @@ from torch import nn
 
 from polycom.errors import UserError
 from polycom.utils.atomic import replace_folder, temp_folder_beside
+from polycom.utils.owned_outputs import check_overwritable, mark_output
 from polycom.utils.paths import existing_folder
 
 HF_PREFIX = "model."
@@ -118,8 +119,7 @@ def export_model(
     from polycom.hf.tokenizer import to_hf_tokenizer
 
     out = Path(out_dir).expanduser()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    check_overwritable(out, overwrite=overwrite)  # an existing folder only when an earlier export wrote it
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise UserError(
             f"tokenizer vocabulary ({tokenizer.vocab_size}) is larger than the model's vocab_size "
@@ -140,6 +140,7 @@ def export_model(
         if hf_tok is not None:
             hf_tok.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(model_card(hf.config, source), encoding="utf-8")
+        mark_output(tmp, "polycom export")
         if verify:
             verify_export(tmp, model)
         replace_folder(tmp, out)

@@ -24,6 +24,7 @@ from polycom.hf.conversion_record import CONVERSION_KEY
 from polycom.hf.convert import convert
 from polycom.utils.atomic import replace_folder, temp_folder_beside
 from polycom.utils.hf_folders import hf_load_kwargs, refusing_unsafe_content
+from polycom.utils.owned_outputs import check_overwritable, mark_output
 
 __all__ = ["CONVERSION_KEY", "load_converted", "load_model_folder", "save_converted"]
 
@@ -131,15 +132,18 @@ def load_model_folder(path: str | Path, *, trust_remote_code: bool = False):
 
 
 def save_converted(model: nn.Module, tokenizer, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """save_pretrained (safetensors) model and tokenizer into `out_dir`, atomically (temp folder + rename)."""
+    """save_pretrained (safetensors) model and tokenizer into `out_dir`, atomically (temp folder + rename).
+
+    `overwrite` replaces only a folder an earlier export / conversion wrote (`polycom.utils.owned_outputs`).
+    """
     out = Path(out_dir).expanduser()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
+    check_overwritable(out, overwrite=overwrite)  # an existing folder only when an earlier conversion wrote it
     tmp = temp_folder_beside(out)
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        mark_output(tmp, "polycom convert")
         replace_folder(tmp, out)
     finally:
         if tmp.exists():

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polycom.errors import did_you_mean
 from polycom.modules.polycom import PolyCoefficients, PolyNorm, PolyNormGated, PolyReLU, PolyReLUGated
 
 
@@ -92,7 +93,8 @@ def activation_spec(name: str) -> ActivationSpec:
         raise TypeError(f"activation name must be a string, got {type(name).__name__}")
     key = name.strip().lower()
     if key not in _REGISTRY:
-        raise ValueError(f"unknown activation {name!r}; known activations: {', '.join(_REGISTRY)}")
+        hint = did_you_mean(key, _REGISTRY)
+        raise ValueError(f"unknown activation {name!r}{hint}; known activations: {', '.join(_REGISTRY)}")
     return _REGISTRY[key]
 
 
