@@ -9,7 +9,7 @@ activation="polynorm")``) to compare activations at matched parameter counts.
 | small | 6 | 512 | 8 | 8192 | 512 | ~20M non-embedding |
 | 125m | 12 | 768 | 12 | 32000 | 1024 | |
 | 350m | 24 | 1024 | 16 | 32000 | 1024 | |
-| anchor | 8 | 1024 | 16 | 32000 | 1024 | benchmark config of anchor-measurements.md (~165M) |
+| anchor | 8 | 1024 | 16 | 32000 | 1024 | reference-measurement config, docs/measurements.md (~165M) |
 | paper-1b | 24 | 2048 | 16 | 32000 | 4096 | dense run of the paper (~1.35B incl. embeddings) |
 | moe-tiny | 2 | 128 | 4 | 256 | 256 | 8 experts, top-2 |
 | paper-moe-1b-7b | 16 | 2048 | 16 | 50304 | 4096 | 64 experts, top-8, QK-norm (OLMoE-1B-7B) |
