@@ -8,6 +8,7 @@ polycom compare --data my_texts/ --model.d_model=256   # extra --section.key=val
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
     )
+    if os.environ.get("RANK", "0") == "0":  # say where the results go before the first run starts
+        print(f"polycom compare: output folder {out}", file=sys.stderr, flush=True)
     try:
         results = run_compare(cfg, show_progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -81,21 +84,42 @@ def _print_summary(results: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    seeds = results.get("seeds", 1)
     table = Table(title=f"polycom compare ({results['wall_s']:.0f} s)")
-    for col in ("activation", "params", "val loss start", "val loss end", "drop", "Δ vs baseline"):
-        table.add_column(col, justify="right" if col != "activation" else "left")
+    # Short headers and no wrapping: the table fits 80 columns (a pipe gets 80) even with "mean ± std".
+    columns = ["activation", "params", "val start", "val end", "drop", "Δ vs base"]
+    if seeds >= 2:
+        columns.append("p")
+    for col in columns:
+        table.add_column(col, justify="right" if col != "activation" else "left", no_wrap=True)
     for act in results["activations"]:
         e = results["results"][act]
         vs = e.get("vs_baseline")
         diff = "" if not vs or act == vs["baseline"] else f"{vs['val_loss_diff']:+.3f}"
-        table.add_row(
+        row = [
             act,
             f"{e['num_parameters']:,}",
             f"{e['initial_val_loss']['mean']:.3f}",
-            f"{e['final_val_loss']['mean']:.3f}",
+            _mean_std(e["final_val_loss"], seeds),
             f"{e['val_loss_drop_pct']['mean']:.1f}%",
             diff,
-        )
+        ]
+        if seeds >= 2:
+            p = None if not vs or act == vs["baseline"] else vs.get("p_value")
+            row.append("" if p is None else f"{p:.3g}")
+        table.add_row(*row)
     console = Console()
     console.print(table)
-    console.print(f"report: {out / 'report.md'}  plot: {out / 'loss.png'}  results: {out / 'results.json'}")
+    if seeds >= 2:
+        console.print(f"val loss end: mean ± std over {seeds} seeds; p: Welch t-test vs the baseline")
+    for label, name in (("report", "report.md"), ("plot", "loss.png"), ("results", "results.json")):
+        print(f"{label}: {out / name}")  # plain print: a terminal-width wrap must not split a path
+
+
+def _mean_std(stat: dict, seeds: int) -> str:
+    """``mean ± std`` of a results.json statistic (the mean alone for one seed)."""
+    if stat.get("mean") is None:
+        return "n/a"
+    if seeds < 2 or stat.get("std") is None:
+        return f"{stat['mean']:.3f}"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"

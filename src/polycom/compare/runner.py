@@ -84,7 +84,7 @@ def run_compare(cfg: CompareConfig, *, show_progress: bool = True, console=None)
         return {}
     baseline = baseline_activation(activations)
     results = collect_results(out, activations, cfg.seeds, cfg, recipe, device, baseline=baseline)
-    results["samples"] = generate_samples(out, activations, cfg)
+    results["samples"] = generate_samples(out, activations, cfg, console=_sample_console(console, show_progress))
     results["wall_s"] = time.perf_counter() - t0
     _on_main_then_share(ctx, lambda: write_report(out, results))
     _leave_process_group(ctx)
@@ -172,12 +172,32 @@ def _on_main_then_share(ctx, fn: Callable[[], Any]) -> Any:
     return value
 
 
-def generate_samples(out: Path, activations: list[str], cfg: CompareConfig) -> dict[str, str]:
-    """A text sample per activation from its seed-0 model (same prompt and sampling seed for all)."""
+def _sample_console(console, show_progress: bool):
+    """Where the sample phase reports its progress: the given console, stderr, or nowhere (--no-progress)."""
+    from rich.console import Console
+
+    return console if console is not None else Console(stderr=True, quiet=not show_progress)
+
+
+def generate_samples(out: Path, activations: list[str], cfg: CompareConfig, *, console=None) -> dict[str, str]:
+    """A text sample per activation from its seed-0 model (same prompt and sampling seed for all).
+
+    Runs under the CPU thread policy (`polycom.train.threads.cpu_threads`) and prints one line per
+    activation to `console`, so a long sample phase is never silent.
+    """
+    from polycom.train.threads import cpu_threads
+
+    with cpu_threads():
+        return _generate_samples(out, activations, cfg, console)
+
+
+def _generate_samples(out: Path, activations: list[str], cfg: CompareConfig, console) -> dict[str, str]:
     from polycom.train.checkpoint import load_run
 
     samples = {}
-    for activation in activations:
+    for i, activation in enumerate(activations, 1):
+        if console is not None:
+            console.print(f"sampling {i}/{len(activations)}: {activation} ({cfg.sample_tokens} tokens)")
         model, _, tok, _, _ = load_run(run_dir(out, activation, 0))
         ids = tok.encode(cfg.sample_prompt) or [0]
         prompt = torch.tensor([ids], dtype=torch.long)
