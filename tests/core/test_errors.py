@@ -59,9 +59,9 @@ def test_non_tensor_input():
 
 @pytest.mark.parametrize("eps", [-1e-6, float("nan")])
 def test_negative_or_nan_eps(eps):
-    with pytest.raises(ValueError, match="eps must be >= 0"):
+    with pytest.raises(ValueError, match="eps must be > 0"):
         polycom.poly_norm(torch.randn(2, 3), W, B, eps=eps)
-    with pytest.raises(ValueError, match="eps must be >= 0"):
+    with pytest.raises(ValueError, match="eps must be > 0"):
         polycom.PolyNorm(eps=eps)
 
 

@@ -176,7 +176,9 @@ def test_poly_norm_is_invariant_to_positive_row_scaling():
     x = torch.randn(4, 50, dtype=torch.float64)
     w, b = random_coefficients(3, torch.float64)
     scale = torch.tensor([[0.01], [0.5], [3.0], [40.0]], dtype=torch.float64)
-    torch.testing.assert_close(polycom.poly_norm(x * scale, w, b, eps=0.0), polycom.poly_norm(x, w, b, eps=0.0))
+    # eps must be > 0; 1e-300 is far below every mean(x^(2i)) here, so the invariance is exact to fp64 rounding
+    tiny = 1e-300
+    torch.testing.assert_close(polycom.poly_norm(x * scale, w, b, eps=tiny), polycom.poly_norm(x, w, b, eps=tiny))
     # with the default eps only rows whose powers are tiny (mean(x^2) ~ eps) feel it
     torch.testing.assert_close(polycom.poly_norm(x * 3.0, w, b), polycom.poly_norm(x, w, b), rtol=1e-5, atol=1e-5)
 

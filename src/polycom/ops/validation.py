@@ -42,8 +42,8 @@ def check_coefficients(weight: torch.Tensor, bias: torch.Tensor) -> int:
 def check_eps(eps: float) -> None:
     if not isinstance(eps, (int, float)) or isinstance(eps, bool):
         raise TypeError(f"eps must be a Python float, got {type(eps).__name__}")
-    if not eps >= 0.0:  # also rejects NaN
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not eps > 0.0:  # also rejects NaN; eps = 0 would make an all-zero row 0/0 = NaN (docs/design-decisions.md)
+        raise ValueError(f"eps must be > 0 (e.g. the default 1e-6), got {eps}")
 
 
 def check_order(order: int) -> None:
