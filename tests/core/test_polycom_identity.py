@@ -20,7 +20,7 @@ from polycom.modules import (
 )
 
 # Written out here, independently of the code: the paper's four PolyCom activations.
-POLYCOM_NAMES = {"polyrelu", "polynorm", "polyrelu_glu", "polynorm_glu"}
+POLYCOM_NAMES = {"polyrelu", "polynorm", "polyrelu_glu", "polynorm_glu", "polycom", "polyprelu", "polyrelunorm"}
 
 
 @pytest.fixture

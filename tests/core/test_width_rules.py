@@ -21,7 +21,8 @@ from polycom.cli import main as polycom_main
 from polycom.models import ModelConfig, MoEConfig, build_model
 
 GATED = {"swiglu", "geglu", "polyrelu_glu", "polynorm_glu"}
-POLYCOM = {"polyrelu", "polynorm", "polyrelu_glu", "polynorm_glu"}
+POLYCOM = {"polyrelu", "polynorm", "polyrelu_glu", "polynorm_glu", "polycom", "polyprelu", "polyrelunorm"}
+EXTRA_PARAMS = {"polyprelu": 1}  # the PReLU slope of PolyPReLU
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -45,7 +46,7 @@ def expert_width(d: int, activation: str, multiple_of: int) -> int:
 def mlp_params(d: int, activation: str, multiple_of: int, order: int = 3) -> int:
     h = width(d, activation, multiple_of)
     linear = (3 if activation in GATED else 2) * d * h
-    return linear + (order + 1 if activation in POLYCOM else 0)
+    return linear + (order + 1 if activation in POLYCOM else 0) + EXTRA_PARAMS.get(activation, 0)
 
 
 # (d_model, multiple_of) pairs where the non-default multiple changes the width of both kinds.

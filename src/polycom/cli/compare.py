@@ -3,6 +3,9 @@
 polycom compare                                   # 6 activations, embedded corpus, <= 5 min on 2 CPU cores
 polycom compare --activations swiglu,polynorm --seeds 3 --steps 600 --out runs/cmp
 polycom compare --data my_texts/ --model.d_model=256   # extra --section.key=value go to every run
+polycom compare --activations swiglu,polynorm,polynorm:order=2,polycom:base=silu:composition=2
+polycom compare --recipe order-ablation           # a named comparison: main, order-ablation, composition-ablation,
+                                                  # relu-variants, moe (src/polycom/compare/recipes/*.toml)
 """
 
 from __future__ import annotations
@@ -28,10 +31,15 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--activations",
-        default=",".join(DEFAULT_ACTIVATIONS),
-        help="comma-separated registry names (default: %(default)s); the baseline is swiglu when listed, else the first",
+        default=None,
+        help="comma-separated arms, name[:option=value...] (default: the recipe's, else "
+        f"{','.join(DEFAULT_ACTIVATIONS)}); the baseline is swiglu when listed, else the first",
     )
-    parser.add_argument("--seeds", type=int, default=1, help="runs per activation (>= 2 adds std and t-tests)")
+    parser.add_argument("--recipe", default=None, help="named comparison recipe or a .toml path (see above)")
+    parser.add_argument("--baseline", default=None, help="the arm the others are compared with")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="runs per arm (default: the recipe's, else 1; >= 2 adds paired tests)"
+    )
     parser.add_argument("--preset", default=None, help="model preset (default: tiny on CPU, small on GPU)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the recipe's)")
     parser.add_argument(
@@ -57,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = CompareConfig(
         out=out,
-        activations=[a for a in args.activations.split(",") if a.strip()],
+        activations=None if args.activations is None else [a for a in args.activations.split(",") if a.strip()],
         seeds=args.seeds,
+        recipe=args.recipe,
+        baseline=args.baseline,
         preset=args.preset,
         steps=args.steps,
         data=args.data,

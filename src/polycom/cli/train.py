@@ -5,9 +5,12 @@
     polycom train --preset small --model.activation=polynorm --optim.lr=1e-3
     polycom train --resume runs/a                         # continue from the latest checkpoint
     polycom train --resume runs/a --steps 2000            # ... and train longer
+    polycom train --resume runs/a --resume-step 400       # ... from an older kept checkpoint
 
 Any config key can be set with --section.key=value (sections: model, data, optim, train, parallel);
-an unknown key is an error that lists the valid ones. Ctrl-C saves a checkpoint and exits.
+an unknown key is an error that lists the valid ones. Ctrl-C or SIGTERM (preemption, a scheduler's time
+limit) saves a checkpoint and exits (130 / 143) with the command that resumes. --resume on a run folder
+stopped before its first checkpoint starts it again from step 0 with its saved config.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ def register(subparsers) -> None:
     parser.add_argument("--data", default=None, help="data source or prepared data folder")
     parser.add_argument("--out", default=None, help="run folder (default: runs/train-<timestamp>)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    parser.add_argument(
+        "--resume-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --resume: continue from the kept checkpoint of step N",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     enable_overrides(parser)
     parser.set_defaults(handler=run)
@@ -45,7 +55,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from polycom.errors import UserError
     from polycom.train import load_resume_config, train
+    from polycom.train.checkpoint import list_checkpoints
     from polycom.train.config import load_config
+
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
 
     overrides = list(args.overrides)
     if args.steps is not None:
@@ -53,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         key = "data.path" if (Path(args.data) / "meta.json").is_file() else "data.source"
         overrides.append(f"--{key}={json.dumps(args.data)}")
+    if args.resume_step is not None and not args.resume:
+        raise UserError("--resume-step needs --resume RUN_DIR")
     if args.resume:
         if args.config or args.preset or args.out:
             raise UserError("--resume takes the run's own config; do not combine it with --config, --preset or --out")
@@ -60,22 +75,30 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("the model of a resumed run cannot change; drop the --model.* overrides")
         run_dir = Path(args.resume)
         cfg = load_config(base=load_resume_config(run_dir), overrides=overrides)
+        if args.resume_step is None and not list_checkpoints(run_dir) and is_main:
+            print(f"{run_dir} holds no checkpoint yet: starting it again from step 0 with its config", file=sys.stderr)
     else:
         cfg = load_config(args.config, preset=args.preset, overrides=overrides)
         run_dir = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
 
-    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
     progress = _Progress(cfg.train.steps, enabled=not args.no_progress and is_main)
     with progress:
-        result = train(cfg, run_dir, resume=bool(args.resume), on_event=progress.on_event, show_progress=True)
-    if result.interrupted and is_main:
-        print(
-            f"interrupted at step {result.steps}: checkpoint saved; continue with: polycom train --resume {run_dir}",
-            file=sys.stderr,
+        result = train(
+            cfg,
+            run_dir,
+            resume=bool(args.resume),
+            resume_step=args.resume_step,
+            on_event=progress.on_event,
+            show_progress=True,
         )
-        return 130
     if result.interrupted:
-        return 130
+        if is_main:
+            print(
+                f"{result.stop_signal or 'interrupted'} at step {result.steps}: checkpoint saved; "
+                f"continue with: polycom train --resume {run_dir}",
+                file=sys.stderr,
+            )
+        return 143 if result.stop_signal == "SIGTERM" else 130
     if not is_main:
         return 0
     print(
@@ -114,6 +137,11 @@ class _Progress:
         return self.progress.__exit__(*exc)
 
     def on_event(self, record: dict) -> None:
+        if record.get("skipped_step"):
+            self.progress.console.print(
+                f"step {record['step']}: non-finite loss or gradient norm ({record['grad_norm']}): step skipped "
+                f"({record['skipped_steps']} so far)"
+            )
         if "val_loss" in record:
             self.val = record["val_loss"]
         info = f"loss {record['loss']:.3f}" if "loss" in record else ""

@@ -14,16 +14,21 @@ BASELINE = "swiglu"
 class CompareConfig:
     """What `polycom compare` runs.
 
-    activations: registry names; `swiglu` is the report's baseline when listed, else the first activation.
-    seeds: runs per activation (seed 0..seeds-1); >= 2 gives std and Welch t-tests.
+    activations: arms, ``name[:option=value...]`` (`polycom.compare.arms`); None -> the recipe's, else
+        `DEFAULT_ACTIVATIONS`. `swiglu` is the report's baseline when listed, else the first arm.
+    seeds: runs per arm (seed 0..seeds-1); >= 2 gives std and paired tests; None -> the recipe's, else 1.
+    recipe: a named comparison recipe (``recipes/<name>.toml`` or a path); None -> the device's recipe.
+    baseline: the arm the others are compared with; None -> the recipe's, else the rule above.
     preset: model preset; None -> the recipe's (`tiny` on CPU, `small` on GPU). steps: None -> the recipe's.
     data: "embedded", a raw source (file/folder/hf:NAME) or a prepared data folder. tokenizer: for raw sources.
     overrides: extra ``--section.key=value`` applied to every run (e.g. ``--model.d_model=256``).
     """
 
     out: str
-    activations: list[str] = field(default_factory=lambda: list(DEFAULT_ACTIVATIONS))
-    seeds: int = 1
+    activations: list[str] | None = None
+    seeds: int | None = None
+    recipe: str | None = None
+    baseline: str | None = None
     preset: str | None = None
     steps: int | None = None
     data: str = "embedded"
@@ -39,3 +44,7 @@ class CompareConfig:
 def baseline_activation(activations: list[str]) -> str:
     """`BASELINE` when it is among `activations`, else the first of them."""
     return BASELINE if BASELINE in activations else activations[0]
+
+
+def default_activations() -> list[str]:
+    return list(DEFAULT_ACTIVATIONS)

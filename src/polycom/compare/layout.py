@@ -2,7 +2,7 @@
 
     OUT/compare.json      what was asked (written first; marks the folder as a comparison)
     OUT/data/             the prepared token shards (unless --data names a prepared folder)
-    OUT/runs/<act>-s<i>/  each run's folder (config.json, run.json, metrics.jsonl, checkpoints/, tokenizer/)
+    OUT/runs/<arm>-s<i>/  each run's folder (config.json, run.json, metrics.jsonl, checkpoints/, tokenizer/)
     OUT/results.json      numbers per activation (written last: marks the comparison as finished)
     OUT/report.md, OUT/loss.png
 """
@@ -23,8 +23,9 @@ OUTPUTS = (RUNS_FOLDER, DATA_FOLDER, RESULTS_FILE, "report.md", "loss.png", COMP
 
 
 def run_name(activation: str, seed: int) -> str:
-    """Folder name of one run under OUT/runs, e.g. ``polynorm-s0``."""
-    return f"{activation}-s{seed}"
+    """Folder name of one run under OUT/runs: the arm label with ':' -> '-', e.g. ``polynorm-s0``,
+    ``polynorm-order=2-s1``."""
+    return f"{activation.replace(':', '-')}-s{seed}"
 
 
 def run_dir(out: Path, activation: str, seed: int) -> Path:

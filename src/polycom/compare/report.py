@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from polycom.compare.layout import RESULTS_FILE, RUNS_FOLDER, run_dir, run_name
+from polycom.compare.paired_report import render_paired_analysis
 from polycom.train.metrics import read_metrics
 from polycom.utils.atomic import write_json, write_text
 
@@ -176,6 +177,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "(needs --seeds >= 2). A short run ranks activations by early training speed, not by the final quality "
         "the paper reports after billions of tokens.",
         "",
+        *render_paired_analysis(results),
         "![loss curves](loss.png)",
         "",
         "## Samples",

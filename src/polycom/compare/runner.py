@@ -18,48 +18,30 @@ from typing import Any
 
 import torch
 
-from polycom.compare.config import CompareConfig, baseline_activation
+from polycom.compare.config import CompareConfig
 from polycom.compare.layout import COMPARE_FILE, DATA_FOLDER, prepare_output_folder, run_dir, run_finished
-from polycom.compare.recipe import build_run_config, load_recipe
-from polycom.errors import UserError, did_you_mean
+from polycom.compare.recipe import build_run_config, resolve_comparison
+from polycom.errors import UserError
 from polycom.train.config import TrainConfig
 from polycom.utils.atomic import write_json
 
 
-def _check_activations(names: list[str]) -> list[str]:
-    from polycom import activation_names
-
-    valid = activation_names()
-    clean = []
-    for name in names:
-        key = name.strip().lower()
-        if key not in valid:
-            raise UserError(f"unknown activation {name!r}{did_you_mean(key, valid)}; available: {', '.join(valid)}")
-        if key in clean:
-            raise UserError(f"activation {key!r} is listed twice")
-        clean.append(key)
-    if not clean:
-        raise UserError("no activations to compare")
-    return clean
-
-
 def run_compare(cfg: CompareConfig, *, show_progress: bool = True, console=None) -> dict[str, Any]:
     """Run the whole comparison; returns the results dict (also written to OUT/results.json)."""
+    from polycom.compare.paired_report import add_paired_analysis
     from polycom.compare.report import collect_results, write_report
     from polycom.data.prepare import PrepareConfig
     from polycom.data.resolve import resolve_prepared_data
     from polycom.data.shards import TokenShards
     from polycom.utils.hardware import pick_device
 
-    activations = _check_activations(cfg.activations)
-    if cfg.seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {cfg.seeds}")
     if cfg.steps is not None and cfg.steps < 1:
         raise UserError(f"--steps must be >= 1, got {cfg.steps}")
     device = pick_device(cfg.device, option="--device")
-    recipe = load_recipe(device, cfg.preset)
+    cfg, recipe, arms = resolve_comparison(cfg, device)  # arms, seeds, baseline from --recipe or the defaults
+    activations = [arm.label for arm in arms]
     # Validate the run config (bad preset / override) before touching the output folder.
-    probe_cfg = build_run_config(cfg, recipe, activations[0], 0, Path("."), 256)
+    probe_cfg = build_run_config(cfg, recipe, arms[0], 0, Path("."), 256)
     ctx = _join_process_group(probe_cfg)  # None for a single process
     t0 = time.perf_counter()
 
@@ -72,8 +54,8 @@ def run_compare(cfg: CompareConfig, *, show_progress: bool = True, console=None)
     out, data_folder = _on_main_then_share(ctx, setup)
     shards = TokenShards(data_folder)
     runs = [
-        (activation, seed, build_run_config(cfg, recipe, activation, seed, shards.folder, shards.vocab_size))
-        for activation in activations
+        (arm.label, seed, build_run_config(cfg, recipe, arm, seed, shards.folder, shards.vocab_size))
+        for arm in arms
         for seed in range(cfg.seeds)
     ]
     _train_runs(cfg, out, runs, shards, ctx, show_progress=show_progress, console=console)
@@ -82,8 +64,8 @@ def run_compare(cfg: CompareConfig, *, show_progress: bool = True, console=None)
         _on_main_then_share(ctx, lambda: None)
         _leave_process_group(ctx)
         return {}
-    baseline = baseline_activation(activations)
-    results = collect_results(out, activations, cfg.seeds, cfg, recipe, device, baseline=baseline)
+    results = collect_results(out, activations, cfg.seeds, cfg, recipe, device, baseline=cfg.baseline)
+    add_paired_analysis(results, out)  # paired tests, convergence, validation noise (>= 2 seeds)
     results["samples"] = generate_samples(out, activations, cfg, console=_sample_console(console, show_progress))
     results["wall_s"] = time.perf_counter() - t0
     _on_main_then_share(ctx, lambda: write_report(out, results))

@@ -81,6 +81,8 @@ class ModelConfig:
     n_kv_heads: key/value heads; None -> n_heads (MHA), fewer -> grouped-query attention.
     max_seq_len: longest sequence the model accepts (RoPE has no learned table, this is a guard).
     activation / activation_order: registry name; PolyCom order r (ignored by other activations).
+    activation_options: further constructor options of the activation, e.g. ``{"eps": 1e-5}`` or, for the
+        general ``polycom``, ``{"base": "silu", "composition": 2}``; unknown options raise ValueError.
     hidden_size: dense MLP width; None -> parameter-matched (module docstring).
     tie_embeddings: reuse `embed.weight` as the output projection (no `lm_head`).
     qk_norm: RMSNorm on the full q and k projections before RoPE (OLMoE); default off (Llama).
@@ -97,6 +99,7 @@ class ModelConfig:
     max_seq_len: int = 256
     activation: str = "swiglu"
     activation_order: int = 3
+    activation_options: dict[str, Any] = field(default_factory=dict)
     hidden_size: int | None = None
     multiple_of: int = 64
     tie_embeddings: bool = False
@@ -129,6 +132,14 @@ class ModelConfig:
         activation_spec(self.activation)  # unknown name -> ValueError listing the registry
         if self.activation_order < 1:
             raise ValueError(f"activation_order must be >= 1, got {self.activation_order}")
+        if not isinstance(self.activation_options, dict):
+            raise ValueError(f"activation_options must be a table of options, got {self.activation_options!r}")
+        if "order" in self.activation_options:
+            raise ValueError("activation_options cannot hold 'order'; set activation_order")
+        try:
+            activation_spec(self.activation).check_options(self.activation_kwargs())
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
         if self.hidden_size is not None and self.hidden_size < 1:
             raise ValueError(f"hidden_size must be >= 1 or None, got {self.hidden_size}")
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
@@ -160,8 +171,9 @@ class ModelConfig:
         return is_gated(self.activation)
 
     def activation_kwargs(self) -> dict[str, Any]:
-        """Options for `polycom.get_activation`: ``{"order": r}`` for PolyCom activations only."""
-        return {"order": self.activation_order} if activation_spec(self.activation).is_polycom else {}
+        """Options for `polycom.get_activation`: ``{"order": r}`` for PolyCom activations, then `activation_options`."""
+        order = {"order": self.activation_order} if activation_spec(self.activation).is_polycom else {}
+        return order | dict(self.activation_options)
 
     def mlp_hidden_size(self) -> int:
         """Resolved dense MLP width."""

@@ -11,6 +11,7 @@ from polycom.modules.activations import (
     is_gated,
     register_activation,
 )
+from polycom.modules.general_polycom import PolyCom, PolyPReLU, PolyReLUNorm
 from polycom.modules.mlp import MLP, gated_hidden_size, matched_hidden_size, mlp_param_count, mlp_param_table
 from polycom.modules.polycom import (
     PolyCoefficients,
@@ -27,6 +28,9 @@ __all__ = [
     "ActivationSpec",
     "GeGLU",
     "PolyCoefficients",
+    "PolyCom",
+    "PolyPReLU",
+    "PolyReLUNorm",
     "PolyNorm",
     "PolyNormGated",
     "PolyReLU",

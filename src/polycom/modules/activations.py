@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polycom.errors import did_you_mean
+from polycom.modules.general_polycom import PolyCom, PolyPReLU, PolyReLUNorm
 from polycom.modules.polycom import PolyCoefficients, PolyNorm, PolyNormGated, PolyReLU, PolyReLUGated
 
 
@@ -61,14 +62,21 @@ class ActivationSpec:
         """True for the PolyCom activations (their modules are `PolyCoefficients`; they take ``order``)."""
         return isinstance(self.factory, type) and issubclass(self.factory, PolyCoefficients)
 
-    def build(self, **kwargs) -> nn.Module:
-        params = inspect.signature(self.factory).parameters
-        unknown = sorted(k for k in kwargs if k not in params)
+    def options(self) -> list[str]:
+        """The constructor options this activation accepts (``device`` excluded)."""
+        return [p for p in inspect.signature(self.factory).parameters if p not in ("self", "device")]
+
+    def check_options(self, kwargs: dict) -> None:
+        """TypeError naming the options `kwargs` holds that this activation does not take."""
+        unknown = sorted(k for k in kwargs if k not in self.options())
         if unknown:
-            accepted = ", ".join(p for p in params if p not in ("self", "device")) or "none"
             raise TypeError(
-                f"activation {self.name!r} does not take {', '.join(unknown)} (accepted options: {accepted})"
+                f"activation {self.name!r} does not take {', '.join(unknown)} "
+                f"(accepted options: {', '.join(self.options()) or 'none'})"
             )
+
+    def build(self, **kwargs) -> nn.Module:
+        self.check_options(kwargs)
         return self.factory(**kwargs)
 
 
@@ -116,6 +124,11 @@ register_activation("silu", nn.SiLU, gated=False, description="x * sigmoid(x)")
 register_activation("relu2", ReLU2, gated=False, description="squared ReLU, relu(x)**2")
 register_activation("polyrelu", PolyReLU, gated=False, description="sum_i w[r-i] relu(x)**i + b")
 register_activation("polynorm", PolyNorm, gated=False, description="sum_i w[r-i] N(x**i) + b")
+register_activation(
+    "polycom", PolyCom, gated=False, description="general PolyCom: sum_i w[r-i] rho(x)**i (type I) or rho(x**i) (II)"
+)
+register_activation("polyprelu", PolyPReLU, gated=False, description="sum_i w[r-i] prelu(x)**i + b")
+register_activation("polyrelunorm", PolyReLUNorm, gated=False, description="sum_i w[r-i] N(relu(x)**i) + b")
 register_activation("swiglu", SwiGLU, gated=True, description="silu(gate) * up")
 register_activation("geglu", GeGLU, gated=True, description="gelu(gate) * up")
 register_activation("polyrelu_glu", PolyReLUGated, gated=True, description="PolyReLU(gate) * up")

@@ -86,8 +86,12 @@ class LoopConfig:
     grad_accum: micro-batches per optimizer step. seq_len: 0 -> model.max_seq_len.
     seed: model init and data order (two runs with the same seed see the same batches).
     eval_interval / eval_batches: validation loss every N steps (and at step 0 and the end) on a fixed set.
-    log_interval: steps per metrics.jsonl record. checkpoint_interval: 0 -> only at the end.
+    log_interval: steps per metrics.jsonl record.
+    checkpoint_interval: steps between checkpoints (0 -> only at the end; Ctrl-C / SIGTERM also save one).
     keep_checkpoints: newest checkpoints kept (0 = keep all).
+    max_bad_steps: consecutive optimizer steps with a non-finite loss or gradient norm that are skipped
+        (parameters and optimizer state untouched; counted in metrics.jsonl) before the run stops with an
+        error; 0 = stop at the first one. Non-finite parameters are never saved.
     precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
     compile: wrap the model in torch.compile. device: "auto", "cpu", "cuda", "cuda:1", ...
     threads: torch CPU threads: -1 = adaptive between the default and 1 (the default: fast when other processes
@@ -103,8 +107,9 @@ class LoopConfig:
     eval_interval: int = 100
     eval_batches: int = 8
     log_interval: int = 10
-    checkpoint_interval: int = 0
+    checkpoint_interval: int = 200
     keep_checkpoints: int = 2
+    max_bad_steps: int = 10
     precision: str = "auto"
     compile: bool = False
     device: str = "auto"
@@ -134,6 +139,8 @@ class TrainConfig:
         for name in ("eval_interval", "checkpoint_interval", "keep_checkpoints", "seq_len"):
             if getattr(t, name) < 0:
                 raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+        if t.max_bad_steps < 0:
+            raise UserError(f"train.max_bad_steps must be >= 0, got {t.max_bad_steps}")
         if t.threads < -1:
             raise UserError(f"train.threads must be -1 (adaptive), 0 (torch default) or > 0, got {t.threads}")
         if self.seq_len > self.model.max_seq_len:

@@ -62,6 +62,10 @@ class LossMonitor:
         if not math.isfinite(loss):
             raise UserError(f"training diverged: loss is {loss} at step {step}; lower --optim.lr")
 
+    def has_window(self) -> bool:
+        """Whether a step was recorded since the last `window_mean` (skipped steps are not recorded)."""
+        return self._window_n > 0
+
     def window_mean(self) -> float:
         """Mean loss of the steps since the last call (starts a new window)."""
         mean = self._window_sum / self._window_n

@@ -1,12 +1,13 @@
 """The files of a run folder besides checkpoints and metrics: config.json, run.json, tokenizer/.
 
-A new run refuses a folder that already holds a run; a resumed run appends a "resumed" entry to
-run.json instead of rewriting its header.
+A new run refuses a folder that already holds a run or any other files, and a folder it cannot write;
+a resumed run appends a "resumed" entry to run.json instead of rewriting its header.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -20,13 +21,20 @@ from polycom.utils.atomic import write_json
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    """UserError when resuming a missing folder, or starting a new run in a folder that holds one."""
+    """UserError when resuming a missing folder, starting a new run in a folder that holds one or holds
+    anything else (never write into an unrelated folder), or when the folder cannot be written."""
     if resume:
         if not run_dir.is_dir():
             raise UserError(f"cannot resume: run folder {run_dir} not found")
-        return
-    if run_dir.exists() and ((run_dir / "config.json").exists() or (run_dir / "checkpoints").exists()):
+    elif run_dir.exists() and ((run_dir / "config.json").exists() or (run_dir / "checkpoints").exists()):
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        names = sorted(p.name for p in run_dir.iterdir())
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UserError(f"{run_dir} is not empty ({shown}) and is not a polycom run; choose a new or empty --out")
+    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):  # the folder itself, or where it would be created
+        raise UserError(f"could not write the run folder {run_dir}: {existing} is not writable; choose another --out")
 
 
 def write_run_files(

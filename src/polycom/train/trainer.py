@@ -9,6 +9,11 @@ backward; clip the global grad norm; AdamW step. Everything that decides step s+
 schedule position, RNG, data position) is in the checkpoint, so on CPU a resumed run reproduces the
 uninterrupted run bit for bit.
 
+A step whose loss or gradient norm is not finite is skipped (no optimizer step; the data and the schedule
+move on) and counted; more than `train.max_bad_steps` such steps in a row stop the run with an error.
+Parameters that are not finite are never saved. SIGINT / SIGTERM stop after the current step and save
+(every rank agrees on the step). A full disk or read-only folder is a UserError naming the path.
+
 `Trainer` holds one run (`train_step`, `evaluate`, `save`, `load`, `fit`); the monitors it reports
 through live in `monitors.py`, Ctrl-C handling in `signals.py`, the optimizer in `optim.py`, the run
 folder's files in `run_files.py`. Files (rank 0 only): config.json, run.json, metrics.jsonl,
@@ -17,6 +22,7 @@ tokenizer/, checkpoints/ (see polycom.train.checkpoint).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -29,10 +35,13 @@ import torch
 from polycom.data.loader import WindowSampler, eval_batches
 from polycom.data.shards import TokenShards
 from polycom.distributed import DistContext, init_distributed, parallelize, shutdown
-from polycom.errors import UserError
+from polycom.errors import UserError, writing_to
 from polycom.models import build_model
 from polycom.train.checkpoint import (
+    checkpoint_dir,
+    clean_stale_temp,
     find_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     load_sharded,
     save_checkpoint,
@@ -69,6 +78,12 @@ class TrainResult:
     memory_kind: str
     num_parameters: int
     wall_s: float
+    stop_signal: str = ""  # "SIGINT" / "SIGTERM" when a signal stopped the run
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient norm
+
+
+class NonFiniteWeights(UserError):
+    """The parameters are not finite: nothing is saved (the kept checkpoints stay as they are)."""
 
 
 @dataclass
@@ -80,6 +95,7 @@ class StepOutput:
     grad_norm: torch.Tensor
     lr: float
     out: Any
+    skipped: bool = False  # non-finite loss or gradient norm: the optimizer step was not taken
 
 
 def train(
@@ -87,16 +103,21 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    resume_step: int | None = None,
     on_event: Callable[[Event], None] | None = None,
     show_progress: bool = False,
     shards: TokenShards | None = None,
 ) -> TrainResult:
-    """Train `cfg` into `run_dir` (see the module docstring); `on_event` receives every logged record."""
+    """Train `cfg` into `run_dir` (see the module docstring); `on_event` receives every logged record.
+
+    resume: continue from the latest checkpoint (`resume_step`: from that kept checkpoint instead); a run
+    folder without any checkpoint (stopped before its first one) starts again from step 0.
+    """
     run_dir = Path(run_dir)
     cfg.validate()
     prepare_run_dir(run_dir, resume)
     # Verify the checkpoint before anything is written: a corrupt file leaves the folder untouched.
-    state = _read_resume_state(run_dir) if resume else None
+    state = _read_resume_state(run_dir, resume_step) if resume else None
     cfg = replace(cfg, train=replace(cfg.train, threads=thread_setting(cfg.train.threads)))  # POLYCOM_THREADS wins
     threads_before = torch.get_num_threads()
     if cfg.train.threads > 0:
@@ -112,9 +133,17 @@ def train(
         shutdown(ctx)
 
 
-def _read_resume_state(run_dir: Path) -> dict[str, Any]:
-    """The latest checkpoint's state; a multi-process (DCP) folder is only named here, loaded after parallelize."""
-    path = find_checkpoint(run_dir)
+def _read_resume_state(run_dir: Path, step: int | None = None) -> dict[str, Any] | None:
+    """The state of the latest checkpoint (or of `step`); None when the run has no checkpoint yet.
+
+    A multi-process (DCP) folder is only named here, loaded after parallelize. Temp files of a save that
+    crashed (``.step_*.pt.tmp``, ``step_*.tmp/``) are removed first (rank 0).
+    """
+    if os.environ.get("RANK", "0") == "0":
+        clean_stale_temp(run_dir)
+    if step is None and not list_checkpoints(run_dir):
+        return None  # stopped before its first checkpoint: start again from step 0 with the saved config
+    path = find_checkpoint(run_dir, step)
     if path.is_dir():
         return {"dcp_path": path}
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -149,13 +178,16 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.schedule = WarmupCosine(cfg.optim.lr, tc.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
         self.resumed = state is not None
+        self.skipped_steps = 0
         self.start_step, self.resumed_val_loss = self.load(state) if self.resumed else (0, None)
         self.forward = torch.compile(self.model) if tc.compile else self.model
 
         self.metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=ctx.is_main)
         if ctx.is_main:
-            write_run_files(cfg, run_dir, self.shards, self.num_parameters, self.start_step, resumed=self.resumed)
-            self.metrics.truncate_after(self.start_step)
+            with writing_to(run_dir, "the run files", "choose a writable --out with free space"):
+                write_run_files(cfg, run_dir, self.shards, self.num_parameters, self.start_step, resumed=self.resumed)
+                # A run started again from step 0 (no checkpoint yet) keeps no record of the lost attempt.
+                self.metrics.truncate_after(self.start_step if self.resumed else -1)
         self.memory = MemoryMonitor(self.device)
         self.autocast = autocast_context(self.device, tc.precision)
         tokens_per_step = tc.batch_size * cfg.seq_len * tc.grad_accum * ctx.dp_size
@@ -208,10 +240,28 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         return int(state["step"]), state.get("val_loss")
 
     def save(self, step: int, val_loss: float | None) -> None:
-        """Checkpoint after `step` steps: one file from rank 0, or every rank's shards under torchrun."""
+        """Checkpoint after `step` steps: one file from rank 0, or every rank's shards under torchrun.
+
+        Refuses (NonFiniteWeights) parameters that are not finite; a full disk or a read-only folder is a
+        UserError naming the path, and the checkpoints kept so far stay intact.
+        """
+        if not self._weights_finite():
+            raise NonFiniteWeights(
+                f"the parameters are not finite after step {step}: not saving them, the kept checkpoints in "
+                f"{checkpoint_dir(self.run_dir)} stay as they are; resume from one of them with "
+                f"--resume {self.run_dir} --resume-step N and lower --optim.lr"
+            )
+        hint = (
+            f"the kept checkpoints stay intact; free space (or make the folder writable), then --resume {self.run_dir}"
+        )
+        with writing_to(checkpoint_dir(self.run_dir), f"the checkpoint of step {step}", hint):
+            self._save(step, val_loss)
+
+    def _save(self, step: int, val_loss: float | None) -> None:
         tc, device = self.cfg.train, self.device
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
         extra = {
@@ -221,6 +271,7 @@ class Trainer:
             "data": {"seed": tc.seed, "next_step": step, "seq_len": self.cfg.seq_len, "batch_size": tc.batch_size},
             "config": self.cfg.to_dict(),
             "val_loss": val_loss,
+            "skipped_steps": self.skipped_steps,
         }
         if self.ctx.world_size > 1:  # every rank writes its shards (torch.distributed.checkpoint)
             save_sharded_checkpoint(
@@ -230,6 +281,17 @@ class Trainer:
         if self.ctx.is_main:
             state = {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(), **extra}
             save_checkpoint(self.run_dir, step, state, keep=tc.keep_checkpoints)
+
+    def _weights_finite(self) -> bool:
+        """All parameters finite (this rank's shards; all ranks agree under torchrun)."""
+        finite = True
+        with torch.no_grad():
+            for p in self.model.parameters():
+                local = p.to_local() if hasattr(p, "to_local") else p
+                if not bool(torch.isfinite(local).all()):
+                    finite = False
+                    break
+        return not _any_rank(not finite, self.ctx)
 
     def evaluate(self) -> float:
         """Mean validation CE loss over the fixed validation batches (averaged over ranks)."""
@@ -256,18 +318,23 @@ class Trainer:
             (out.loss / tc.grad_accum).backward()
             loss_sum += out.ce_loss.detach()
         grad_norm = clip_grad_norm(self.model.parameters(), self.cfg.optim.grad_clip, self.ctx.world_size)
+        loss = float(loss_sum) / tc.grad_accum
+        # A finite loss can still give non-finite gradients: one such AdamW step makes every weight NaN.
+        if _any_rank(not (math.isfinite(loss) and bool(torch.isfinite(grad_norm))), self.ctx):
+            self.optimizer.zero_grad(set_to_none=True)
+            return StepOutput(loss, grad_norm, lr, out, skipped=True)
         self._in_update = True
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._in_update = False
-        return StepOutput(float(loss_sum) / tc.grad_accum, grad_norm, lr, out)
+        return StepOutput(loss, grad_norm, lr, out)
 
     # -------------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train from `start_step` to `train.steps`; Ctrl-C stops after the current step and checkpoints."""
+        """Train from `start_step` to `train.steps`; Ctrl-C / SIGTERM stop after the current step and checkpoint."""
         initial_val, last_val = self._initial_eval()
         self.model.train()
-        step, interrupted = self.start_step, False
+        step, interrupted, bad_run = self.start_step, False, 0
         governor = ThreadGovernor(enabled=self.cfg.train.threads == -1 and self.device.type == "cpu")
         with StopFlag() as stop:
             try:
@@ -279,14 +346,16 @@ class Trainer:
                     threads_used = torch.get_num_threads()
                     governor.step_done(dt)
                     self.throughput.step_done(dt)
-                    self.losses.step_done(step, result.loss)
+                    bad_run = self._skipped(step, result, bad_run + 1) if result.skipped else 0
+                    if not result.skipped:
+                        self.losses.step_done(step, result.loss)
                     if self.cadence.should_log(step):
                         last_val = self._log(step, result, threads_used, last_val)
                     elif self.on_event is not None and self.ctx.is_main:
                         self.on_event({"step": step, "loss": result.loss, "progress_only": True})
                     if self.cadence.should_checkpoint(step):
                         self.save(step, last_val)
-                    if stop.requested:
+                    if _any_rank(stop.requested, self.ctx):  # every rank stops (and saves) at the same step
                         interrupted = True
                         break
             except KeyboardInterrupt:
@@ -297,8 +366,25 @@ class Trainer:
                 self.save(step, last_val)
         governor.restore()
         if interrupted:
-            self.metrics.write({"step": step, "interrupted": True})
-        return self._result(step, interrupted, initial_val, last_val)
+            self.metrics.write({"step": step, "interrupted": True, "signal": stop.signal_name or "SIGINT"})
+        result = self._result(step, interrupted, initial_val, last_val)
+        result.stop_signal = stop.signal_name if interrupted else ""
+        return result
+
+    def _skipped(self, step: int, result: StepOutput, bad_run: int) -> int:
+        """Count and record a skipped step; UserError once more than `max_bad_steps` are skipped in a row."""
+        self.skipped_steps += 1
+        grad_norm = float(result.grad_norm)
+        self._emit({"step": step, "skipped_step": True, "grad_norm": grad_norm, "skipped_steps": self.skipped_steps})
+        if bad_run > self.cfg.train.max_bad_steps:
+            kept = [p.name for p in list_checkpoints(self.run_dir)]
+            raise UserError(
+                f"{bad_run} steps in a row (up to step {step}) had a non-finite loss or gradient norm "
+                f"(last: loss {result.loss}, grad norm {grad_norm}); stopping without saving "
+                f"(train.max_bad_steps = {self.cfg.train.max_bad_steps}). Kept checkpoints: {kept or 'none'}; "
+                f"lower --optim.lr and resume with --resume {self.run_dir} [--resume-step N]"
+            )
+        return bad_run
 
     def _initial_eval(self) -> tuple[float | None, float | None]:
         """(step-0 val loss, latest val loss): measured now for a new run, read back for a resumed one."""
@@ -313,7 +399,7 @@ class Trainer:
         tps = self.throughput.window_tokens_per_s()
         record: Event = {
             "step": step,
-            "loss": _all_reduce_mean(self.losses.window_mean(), self.ctx),
+            "loss": _all_reduce_mean(self.losses.window_mean(), self.ctx) if self.losses.has_window() else None,
             "lr": result.lr,
             "grad_norm": float(result.grad_norm),
             "tokens": step * self.throughput.tokens_per_step,
@@ -322,6 +408,10 @@ class Trainer:
             "threads": threads_used,
             "elapsed_s": time.perf_counter() - self.t_start,
         }
+        if record["loss"] is None:  # every step of the window was skipped (non-finite)
+            del record["loss"]
+        if self.skipped_steps:
+            record["skipped_steps"] = self.skipped_steps
         mfu = self.throughput.mfu(tps)
         if mfu is not None:
             record["mfu"] = mfu
@@ -353,7 +443,17 @@ class Trainer:
             memory_kind=mem_kind,
             num_parameters=self.num_parameters,
             wall_s=time.perf_counter() - self.t_start,
+            skipped_steps=self.skipped_steps,
         )
+
+
+def _any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True when `flag` is True on any rank (one tiny all-reduce under torchrun; the local flag otherwise)."""
+    if ctx.world_size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _all_reduce_mean(value: float, ctx: DistContext) -> float:

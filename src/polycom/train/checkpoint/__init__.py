@@ -16,6 +16,7 @@ a run folder is and loads its model.
 from polycom.train.checkpoint.layout import (
     checkpoint_dir,
     checkpoint_path,
+    clean_stale_temp,
     find_checkpoint,
     list_checkpoints,
     save_checkpoint,
@@ -29,6 +30,7 @@ __all__ = [
     "LoadedRun",
     "checkpoint_dir",
     "checkpoint_path",
+    "clean_stale_temp",
     "export_safetensors",
     "find_checkpoint",
     "is_run_folder",

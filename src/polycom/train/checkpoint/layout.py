@@ -22,6 +22,7 @@ from polycom.utils.paths import existing_folder
 
 __all__ = [
     "checkpoint_dir",
+    "clean_stale_temp",
     "checkpoint_path",
     "find_checkpoint",
     "list_checkpoints",
@@ -52,6 +53,21 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = [p for p in folder.iterdir() if _NAME.match(p.name) and (p.is_dir() or p.suffix == ".pt")]
     return sorted(found, key=_step_of)
+
+
+# Temp names of a save in progress: ``.step_N.pt.tmp`` / ``.step_N.pt.sha256.tmp`` / ``.latest.tmp`` (single
+# file, write_synced), ``step_N.tmp/`` and ``.step_N.old/`` (DCP folder, replace_folder). After a crash they
+# are garbage, never a checkpoint.
+_TEMP = re.compile(r"^(\.step_\d{8}\.pt(\.sha256)?\.tmp|\.latest\.tmp|step_\d{8}\.tmp|\.step_\d{8}\.old)$")
+
+
+def clean_stale_temp(run_dir: str | Path) -> list[Path]:
+    """Remove the temp files / folders a crashed save left in ``checkpoints/``; returns what was removed."""
+    folder = checkpoint_dir(run_dir)
+    removed = [p for p in folder.iterdir() if _TEMP.match(p.name)] if folder.is_dir() else []
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return removed
 
 
 def _finish(run_dir: str | Path, final: Path, keep: int) -> None:

@@ -58,11 +58,15 @@ def checksum_path(path: str | Path) -> Path:
 def write_synced(path: Path, write: Callable[[IO], None], mode: str = "wb") -> Path:
     """Atomic and durable: `write(fh)` into a temporary file beside `path`, fsync, rename onto `path`, fsync the folder."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open(mode) as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open(mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C, ...: no half-written temp file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_folder(path.parent)
     return path
 
