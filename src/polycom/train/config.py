@@ -86,6 +86,10 @@ class LoopConfig:
     grad_accum: micro-batches per optimizer step. seq_len: 0 -> model.max_seq_len.
     seed: model init and data order (two runs with the same seed see the same batches).
     eval_interval / eval_batches: validation loss every N steps (and at step 0 and the end) on a fixed set.
+    eval_seed: seed that picks the validation windows; -1 -> seed + 1_000_003 (a different set per seed);
+        >= 0 -> the same set for every seed (what a multi-seed comparison wants).
+    eval_dense_from / eval_dense_interval: from step `eval_dense_from` on (0 = off) also evaluate every
+        `eval_dense_interval` steps, for a finer validation curve near the end of training.
     log_interval: steps per metrics.jsonl record.
     checkpoint_interval: steps between checkpoints (0 -> only at the end; Ctrl-C / SIGTERM also save one).
     keep_checkpoints: newest checkpoints kept (0 = keep all).
@@ -106,6 +110,9 @@ class LoopConfig:
     seed: int = 0
     eval_interval: int = 100
     eval_batches: int = 8
+    eval_seed: int = -1
+    eval_dense_from: int = 0
+    eval_dense_interval: int = 0
     log_interval: int = 10
     checkpoint_interval: int = 200
     keep_checkpoints: int = 2
@@ -136,11 +143,17 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "eval_batches", "log_interval"):
             if getattr(t, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-        for name in ("eval_interval", "checkpoint_interval", "keep_checkpoints", "seq_len"):
+        for name in ("eval_interval", "checkpoint_interval", "keep_checkpoints", "seq_len", "eval_dense_from"):
             if getattr(t, name) < 0:
                 raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)}")
         if t.max_bad_steps < 0:
             raise UserError(f"train.max_bad_steps must be >= 0, got {t.max_bad_steps}")
+        if t.eval_seed < -1 or t.eval_dense_interval < 0 or (t.eval_dense_from > 0 and t.eval_dense_interval < 1):
+            raise UserError(
+                "train.eval_seed must be >= -1 and train.eval_dense_interval >= 1 when train.eval_dense_from > 0, "
+                f"got eval_seed={t.eval_seed}, eval_dense_from={t.eval_dense_from}, "
+                f"eval_dense_interval={t.eval_dense_interval}"
+            )
         if t.threads < -1:
             raise UserError(f"train.threads must be -1 (adaptive), 0 (torch default) or > 0, got {t.threads}")
         if self.seq_len > self.model.max_seq_len:

@@ -18,7 +18,8 @@ from polycom.utils.hardware import peak_memory_mb
 class Cadence:
     """When step s (1-based: the number of optimizer steps done) logs, evaluates and checkpoints.
 
-    eval: at every `eval_interval`-th step (0 = never) and at the last step; log: every `log_interval`-th
+    eval: at every `eval_interval`-th step (0 = never), from `dense_from` on (0 = off) at every
+    `dense_interval`-th step too, and at the last step; log: every `log_interval`-th
     step and whenever it evaluates; checkpoint: every `checkpoint_interval`-th step (0 = never) except the
     last, which the loop always saves once the loop ends.
     """
@@ -27,15 +28,26 @@ class Cadence:
     log_interval: int
     eval_interval: int
     checkpoint_interval: int
+    dense_from: int = 0
+    dense_interval: int = 0
 
     @classmethod
     def from_config(cls, loop: LoopConfig) -> Cadence:
-        return cls(loop.steps, loop.log_interval, loop.eval_interval, loop.checkpoint_interval)
+        return cls(
+            loop.steps,
+            loop.log_interval,
+            loop.eval_interval,
+            loop.checkpoint_interval,
+            loop.eval_dense_from,
+            loop.eval_dense_interval,
+        )
 
     def is_last(self, step: int) -> bool:
         return step == self.steps
 
     def should_eval(self, step: int) -> bool:
+        if self.dense_from and step >= self.dense_from and step % self.dense_interval == 0:
+            return True
         return self.is_last(step) or bool(self.eval_interval and step % self.eval_interval == 0)
 
     def should_log(self, step: int) -> bool:
