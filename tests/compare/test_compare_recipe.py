@@ -36,7 +36,7 @@ def reference(device: str, activation: str, seed: int, vocab: int, *, steps=None
             f"--train.steps={steps}",
             f"--train.batch_size={batch}",
             f"--train.seed={seed}",
-            f"--train.eval_interval={min(eval_every, steps)}",
+            f"--train.eval_interval={min(eval_every, max(1, steps // 5))}",
             f"--train.eval_batches={eval_batches}",
             f"--train.log_interval={min(log_every, steps)}",
             "--train.keep_checkpoints=1",
@@ -60,7 +60,8 @@ def test_recipe_files_ship_with_the_package():
     "kwargs",
     [
         {},
-        {"steps": 3},  # caps: eval/log interval at the steps, warmup at max(1, steps // 10)
+        {"steps": 3},  # caps: log interval at the steps, eval at max(1, steps // 5), warmup at max(1, steps // 10)
+        {"steps": 60},  # eval every 12 steps: a curve, not a line from step 0 to 50
         {"steps": 1},
         {"preset": "small"},
         {"overrides": ["--model.d_model=256", "--optim.lr=0.01", "--train.keep_checkpoints=3", "--parallel.tp=1"]},
@@ -99,3 +100,21 @@ def test_activation_override_and_bad_overrides_are_refused():
         build_run_config(bad, recipe, "swiglu", 0, DATA, 256)
     with pytest.raises(UserError, match="unknown model preset 'nope'"):
         load_recipe(CPU, "nope")
+
+
+@pytest.mark.parametrize("device, every", [("cpu", 50), ("cuda", 200)])
+def test_default_comparison_keeps_the_recipe_eval_interval_and_short_runs_scale_it(device, every):
+    recipe = load_recipe(torch.device(device))
+    default = build_run_config(CompareConfig(out="unused"), recipe, "polynorm", 0, DATA, 256)
+    assert default.train.eval_interval == every  # the default comparison's losses do not change
+    short = build_run_config(CompareConfig(out="unused", steps=60), recipe, "polynorm", 0, DATA, 256)
+    assert short.train.eval_interval == 12  # steps 0, 12, ..., 60: six points on the validation curve
+
+
+def test_named_recipes_keep_their_eval_interval():
+    from polycom.compare.recipe import load_named_recipe, named_recipes
+
+    for name in named_recipes():
+        named = load_named_recipe(name)
+        run = build_run_config(CompareConfig(out="unused"), named.train, named.activations[0], 0, DATA, 256)
+        assert run.train.eval_interval == named.train.train.eval_interval, name

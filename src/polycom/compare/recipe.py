@@ -96,8 +96,10 @@ def build_run_config(
     """The TrainConfig of one run: `recipe` with this run's settings, then ``cfg.overrides``.
 
     activation: an arm (``polynorm``, ``polynorm:order=2``; see `polycom.compare.arms`).
-    ``--steps`` replaces the recipe's steps; the evaluation and log intervals are capped at the steps and
-    the warmup at a tenth of them, so a short run still evaluates at its end and decays its rate.
+    ``--steps`` replaces the recipe's steps; the log interval is capped at the steps, the evaluation interval
+    at a fifth of them and the warmup at a tenth (each at least 1), so a short run still draws a validation
+    curve (about 5 points), evaluates at its end and decays its rate. The recipes' own step counts are
+    multiples of 5 x their evaluation interval or more, so a comparison without --steps keeps the recipe's.
     """
     arm = activation if isinstance(activation, Arm) else parse_arm(activation)
     steps = cfg.steps if cfg.steps is not None else recipe.train.steps
@@ -110,7 +112,7 @@ def build_run_config(
             recipe.train,
             steps=steps,
             seed=seed,
-            eval_interval=min(recipe.train.eval_interval, steps),
+            eval_interval=min(recipe.train.eval_interval, max(1, steps // 5)),
             log_interval=min(recipe.train.log_interval, steps),
             device=cfg.device,
         ),
