@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, preset=args.preset, overrides=overrides)
         run_dir = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
 
+    if is_main:  # say where the run goes before anything slow (data preparation, the first steps)
+        print(f"polycom train: run folder {run_dir}", file=sys.stderr, flush=True)
+    if not args.resume and not any(o.startswith("--model.vocab_size=") for o in overrides):
+        cfg = _vocab_from_data(cfg, show_progress=not args.no_progress and is_main, is_main=is_main)
     progress = _Progress(cfg.train.steps, enabled=not args.no_progress and is_main)
     with progress:
         result = train(
@@ -108,6 +112,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vocab_from_data(cfg, *, show_progress: bool, is_main: bool):
+    """`cfg` with the model's vocab raised to the data's (a BPE of 4096 tokens on a preset of 256), as
+    `polycom compare` sets it; unchanged when the data's vocab fits.
+
+    Called only when --model.vocab_size is not given: an explicit vocab smaller than the data's stays an
+    error. The data is opened here when it is a prepared folder, or prepared here (into the cache the
+    trainer then reads) in a single process; under torchrun a raw source is left to the trainer, which
+    prepares it once for all ranks and names the fix if the vocab is too small.
+    """
+    from dataclasses import replace
+
+    from polycom.data.resolve import open_prepared_folder
+    from polycom.train.data_setup import resolve_data
+
+    if cfg.data.path:
+        shards = open_prepared_folder(cfg.data.path, option="data.path")
+    elif int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        shards = resolve_data(cfg.data, show_progress=show_progress, is_main=is_main)
+    else:
+        return cfg
+    if shards.vocab_size <= cfg.model.vocab_size:
+        return cfg
+    if is_main:
+        print(
+            f"model vocab_size {cfg.model.vocab_size} -> {shards.vocab_size}: the data's vocab "
+            "(--model.vocab_size=N sets it)",
+            file=sys.stderr,
+        )
+    return replace(cfg, model=replace(cfg.model, vocab_size=shards.vocab_size))
+
+
 def _f(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
@@ -128,15 +163,22 @@ class _Progress:
         )
         self.task = self.progress.add_task("train", total=steps, info="")
         self.val = None
+        self.started = False
 
+    # The bar starts at the first logged step, not on entry: a run refused during its checks (bad
+    # folder, bad checkpoint, bad data) prints its error without an empty bar flashing before it.
     def __enter__(self):
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.stop()
+        return False
 
     def on_event(self, record: dict) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
         if record.get("skipped_step"):
             self.progress.console.print(
                 f"step {record['step']}: non-finite loss or gradient norm ({record['grad_norm']}): step skipped "
