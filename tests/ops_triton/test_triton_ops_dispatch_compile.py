@@ -232,7 +232,7 @@ from triton.compiler import ASTSource
 from polycom.ops.triton import polynorm_kernels, polynorm_persistent
 cases = [
     (polynorm_persistent.poly_norm_fwd_persistent_kernel,
-     dict(R=3, RP=4, GATED=False, BLOCK_M=1, BLOCK_N=1024, SPLIT=1, PHASE=2, NUM_STAGES=2, ACC=tl.float64)),
+     dict(R=3, RP=4, GATED=False, BLOCK_M=1, BLOCK_N=1024, SPLIT=1, SPLIT_P=1, PHASE=2, NUM_STAGES=2, ACC=tl.float64)),
     (polynorm_kernels.poly_norm_fwd_kernel,
      dict(R=3, RP=4, GATED=False, BLOCK_M=1, BLOCK_N=1024, SINGLE_TILE=True, ACC=tl.float64)),
 ]

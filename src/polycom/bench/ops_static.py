@@ -87,6 +87,7 @@ def _polynorm_plan(mode: str, gated: bool, m: int, n: int, elt: int, order: int,
             else polynorm_persistent.poly_norm_fwd_persistent_kernel
         )
         cx = {"R": order, "RP": rp, "GATED": gated, "BLOCK_M": p.block_m, "BLOCK_N": p.block_n, "SPLIT": p.split,
+              "SPLIT_P": triton.next_power_of_2(p.split),
               "PHASE": 2, "NUM_STAGES": p.num_stages, "ACC": tl.float32}  # fmt: skip
         if backward:
             cx.update(NEED_DX=True, NEED_DUP=gated, NEED_COEF=True)

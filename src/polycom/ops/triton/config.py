@@ -52,7 +52,7 @@ class TilingLimits:
     num_warps_bwd: int = 0  # 0: the rule of _warps_for (about 8 elements per thread)
     num_stages: int = 2  # software-pipelining depth of the persistent row / tile loops (variant 2)
     split_tile_fwd: int = 8192  # variant 2: column chunk per program for rows wider than max_single_tile_fwd
-    split_tile_bwd: int = 4096  # variant 2: the same for the backward (max_single_tile_bwd[_gated])
+    split_tile_bwd: int = 2048  # variant 2: the same for the backward (max_single_tile_bwd[_gated])
     max_single_tile_bwd_gated: int = 4096  # variant 2 gated backward: wider rows are split (see below)
 
 
@@ -138,8 +138,9 @@ def persistent_row_launch(m: int, n: int, backward: bool, gated: bool = False) -
     split_tile_* columns. Warps: the single-tile backward runs up to 32 warps (8 elements per thread
     keeps it at <= 64 registers, i.e. 32 resident warps per SM; at 16 warps it needs ~100-128
     registers, one CTA per SM). The gated backward does not fit 64 registers at 8192 columns, so its
-    wider rows are split (max_single_tile_bwd_gated). Split chunks use 16 elements per thread (their
-    hand prefetch of the next rows needs registers; two CTAs per SM).
+    wider rows are split (max_single_tile_bwd_gated). Split chunks: 16 elements per thread forward, 8
+    backward (the hand prefetch of the next rows needs registers); backward chunks of 2048 columns keep
+    two CTAs per SM without spills with Triton 3.6 and 3.9 (`polycom bench ops --static`).
     """
     limits = TILING
     if backward:
@@ -156,7 +157,7 @@ def persistent_row_launch(m: int, n: int, backward: bool, gated: bool = False) -
         split_tile = limits.split_tile_bwd if backward else limits.split_tile_fwd
         block_n = triton.next_power_of_2(min(split_tile, single_max))
         block_m, split = 1, triton.cdiv(n, block_n)
-        rule = _warps_for(block_n)
+        rule = _warps_for(block_n, backward)
     override = limits.num_warps_bwd if backward else limits.num_warps_fwd
     return PersistentRowLaunch(block_m, block_n, split, override or rule, limits.num_stages, triton.cdiv(m, block_m))
 

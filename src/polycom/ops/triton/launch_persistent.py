@@ -43,6 +43,7 @@ def _launch_rows(kernel, t: torch.Tensor, plan: config.PersistentRowLaunch, args
     """Launch a persistent row kernel (split or not); returns the grid, or None when the split programs
     cannot all be resident (the caller falls back to variant 1)."""
     kwargs = dict(kwargs, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, SPLIT=plan.split,
+                  SPLIT_P=triton.next_power_of_2(plan.split),
                   NUM_STAGES=plan.num_stages, num_warps=plan.num_warps)  # fmt: skip
     phases = (PUBLISH, APPLY) if plan.split > 1 and _interpreted(t) else (ONE_LAUNCH,)
     slots = _resident_slots(kernel, t, args, dict(kwargs, PHASE=phases[-1]))

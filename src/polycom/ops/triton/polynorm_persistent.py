@@ -11,7 +11,7 @@ Same formulas as `polynorm_kernels` (see there); what differs is the schedule:
 - **split rows** (SPLIT > 1, rows wider than one tile): a row is cut into SPLIT chunks of BLOCK_N
   columns handled by SPLIT co-resident programs (program p works on chunk p % SPLIT). Each program
   publishes its chunk's partial sums to ``scratch[row, chunk, :]``; the row's sums are then the
-  fixed-order sum over chunks 0..SPLIT-1 (deterministic, identical in every chunk), so each chunk
+  sum over chunks 0..SPLIT-1 by one fixed reduction (deterministic, identical in every chunk), so each chunk
   stays in registers and every width is a single HBM pass. PHASE selects how the programs meet:
   2 = one launch, the programs wait on a per-row-block arrival counter (GPU; needs every program
   resident, which the launcher guarantees by never launching more than the resident slots);
@@ -45,12 +45,14 @@ def _add_dot_and_g_sums(dots, g, x, ridx, R: tl.constexpr):
 
 @triton.jit
 def _combine_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx,
-                    SPLIT: tl.constexpr, RP: tl.constexpr, PHASE: tl.constexpr):  # fmt: skip
-    """Row sums of a split row: publish this chunk's [BLOCK_M, RP] sums, meet the other chunks, and
-    return the fixed-order sum over chunks 0..SPLIT-1 (scratch layout [M, SPLIT, RP], fp32/fp64)."""
-    slot = scratch_ptr + rows64 * (SPLIT * RP) + ridx
+                    SPLIT: tl.constexpr, SPLIT_P: tl.constexpr, RP: tl.constexpr, PHASE: tl.constexpr):  # fmt: skip
+    """Row sums of a split row (BLOCK_M = 1): publish this chunk's [1, RP] sums, meet the other chunks, and
+    return the sum over chunks 0..SPLIT-1 (scratch layout [M, SPLIT, RP], fp32/fp64). The SPLIT partials
+    are loaded as one [SPLIT_P, RP] tile and reduced by one tl.sum: the same compiled reduction order in
+    every chunk's program, so every chunk gets bit-identical row sums (deterministic, no atomics on data)."""
+    row = scratch_ptr + rows64 * (SPLIT * RP)
     if PHASE != 1:
-        tl.store(slot + chunk * RP, sums, mask=row_ok[:, None])
+        tl.store(row + chunk * RP + ridx, sums, mask=row_ok[:, None])
     if PHASE == 2:
         tl.debug_barrier()  # every thread's partial store precedes the release below
         tl.atomic_add(count_ptr + block, 1, sem="release", scope="gpu")
@@ -59,8 +61,9 @@ def _combine_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, 
             arrived = tl.atomic_add(count_ptr + block, 0, sem="acquire", scope="gpu")
     total = tl.zeros_like(sums)
     if PHASE != 0:
-        for c in tl.static_range(SPLIT):
-            total += tl.load(slot + c * RP, mask=row_ok[:, None], other=0.0, volatile=True)
+        sidx = tl.arange(0, SPLIT_P)[:, None]
+        partials = tl.load(row + sidx * RP + ridx, mask=(sidx < SPLIT) & row_ok[:, None], other=0.0, volatile=True)
+        total += tl.sum(partials, axis=0)[None, :]
     return total
 
 
@@ -75,7 +78,7 @@ def _rows_tile(ptr, stride, block, cols, M, N, BLOCK_M: tl.constexpr):
 def poly_norm_fwd_persistent_kernel(
     x_ptr, up_ptr, y_ptr, w_ptr, b_ptr, rstd_ptr, scratch_ptr, count_ptr, M, N, stride_x, stride_up, stride_y, eps,
     R: tl.constexpr, RP: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, PHASE: tl.constexpr, NUM_STAGES: tl.constexpr, ACC: tl.constexpr,
+    SPLIT: tl.constexpr, SPLIT_P: tl.constexpr, PHASE: tl.constexpr, NUM_STAGES: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """y = PolyNorm(x) (* up), rstd[row, j] = rho_{j+1}; persistent over row blocks, rows split in SPLIT chunks."""
     pid = tl.program_id(0)
@@ -102,7 +105,9 @@ def poly_norm_fwd_persistent_kernel(
         if PHASE != 1:
             sums = _add_even_power_sums(sums, x, ridx, R)
         if SPLIT > 1:
-            sums = _combine_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, RP, PHASE)
+            sums = _combine_chunks(
+                sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, SPLIT_P, RP, PHASE
+            )
         if PHASE != 0:
             rstd = _inv_sqrt(sums / N + eps_acc, ACC)
             y = _poly(x, rstd * w, ridx, b, R)
@@ -117,7 +122,7 @@ def poly_norm_bwd_persistent_kernel(
     dy_ptr, x_ptr, up_ptr, rstd_ptr, w_ptr, b_ptr, dx_ptr, dup_ptr, part_ptr, scratch_ptr, count_ptr, M, N,
     stride_dy, stride_x, stride_up, stride_dx, stride_dup,
     R: tl.constexpr, RP: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, PHASE: tl.constexpr, NUM_STAGES: tl.constexpr, ACC: tl.constexpr,
+    SPLIT: tl.constexpr, SPLIT_P: tl.constexpr, PHASE: tl.constexpr, NUM_STAGES: tl.constexpr, ACC: tl.constexpr,
     NEED_DX: tl.constexpr, NEED_DUP: tl.constexpr, NEED_COEF: tl.constexpr,
 ):  # fmt: skip
     """dx (and d_up) of the rows of this program; part[program, j] = sum over its rows of rho_{j+1} S_{j+1}
@@ -134,7 +139,8 @@ def poly_norm_bwd_persistent_kernel(
     if SPLIT > 1:  # the wait of split rows stops Triton's pipeliner (inner loop): prefetch the next block by hand
         x_next = _rows_tile(x_ptr, stride_x, pid // SPLIT, cols, M, N, BLOCK_M)
         dy_next = _rows_tile(dy_ptr, stride_dy, pid // SPLIT, cols, M, N, BLOCK_M)
-        up_next = _rows_tile(up_ptr, stride_up, pid // SPLIT, cols, M, N * GATED, BLOCK_M)
+        if GATED:
+            up_next = _rows_tile(up_ptr, stride_up, pid // SPLIT, cols, M, N, BLOCK_M)
     for block in tl.range(pid // SPLIT, tl.cdiv(M, BLOCK_M), lanes, num_stages=NUM_STAGES):
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < M
@@ -143,10 +149,11 @@ def poly_norm_bwd_persistent_kernel(
         if SPLIT > 1:
             x = x_next.to(ACC)
             dy = dy_next.to(ACC)
-            up = up_next.to(ACC)
             x_next = _rows_tile(x_ptr, stride_x, block + lanes, cols, M, N, BLOCK_M)
             dy_next = _rows_tile(dy_ptr, stride_dy, block + lanes, cols, M, N, BLOCK_M)
-            up_next = _rows_tile(up_ptr, stride_up, block + lanes, cols, M, N * GATED, BLOCK_M)
+            if GATED:
+                up = up_next.to(ACC)
+                up_next = _rows_tile(up_ptr, stride_up, block + lanes, cols, M, N, BLOCK_M)
         else:
             x = tl.load(x_ptr + rows64 * stride_x + cols, mask=mask, other=0.0).to(ACC)
             dy = tl.load(dy_ptr + rows64 * stride_dy + cols, mask=mask, other=0.0).to(ACC)
@@ -164,7 +171,9 @@ def poly_norm_bwd_persistent_kernel(
         if PHASE != 1:
             dots = _add_dot_and_g_sums(dots, g, x, ridx, R)
         if SPLIT > 1:
-            dots = _combine_chunks(dots, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, RP, PHASE)
+            dots = _combine_chunks(
+                dots, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, SPLIT_P, RP, PHASE
+            )
         if PHASE != 0:
             if NEED_DX:
                 dcoef = order * coef
