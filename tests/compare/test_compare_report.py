@@ -83,8 +83,11 @@ def test_finished_folder_is_refused_then_resume_reuses_runs(finished):
     ckpt = out / "runs" / "swiglu-s0" / "checkpoints" / "step_00000008.pt"
     mtime = ckpt.stat().st_mtime_ns
     resumed = CompareConfig(**{**cfg.__dict__, "resume": True})
+    first_wall = json.loads((out / "results.json").read_text())["wall_s"]
+    assert json.loads((out / "compare.json").read_text())["elapsed_s"] == pytest.approx(first_wall, abs=0.5)
     results = run_compare(resumed, show_progress=False)
     assert ckpt.stat().st_mtime_ns == mtime  # reused, not retrained
+    assert results["wall_s"] > first_wall  # the total over both parts, not the resumed part's alone
     assert (
         results["results"]["swiglu"]["final_val_loss"]["values"]
         == json.loads((out / "results.json").read_text())["results"]["swiglu"]["final_val_loss"]["values"]
@@ -123,3 +126,88 @@ def test_bad_compare_arguments(tmp_path, text_file):
     with pytest.raises(UserError, match="not empty"):
         run_compare(CompareConfig(out=str(tmp_path / "c"), data=str(text_file), overrides=SMALL), show_progress=False)
     assert (tmp_path / "c" / "precious.txt").read_text() == "keep me"
+
+
+def _validation_line(data_folder) -> str:
+    """Reference of the default prompt for byte tokens: the first non-empty line after the first newline."""
+    import numpy as np
+
+    raw = np.fromfile(data_folder / "val.bin", dtype=np.uint8)  # byte ids are < 256
+    from polycom.data.shards import HEADER_SIZE
+
+    text = raw[HEADER_SIZE : HEADER_SIZE + 4096].tobytes().decode("utf-8", errors="replace")
+    line = next(line for line in text.split("\n")[1:] if line.strip())[:80].rstrip()
+    return line.encode()[: 32 // 4 - 1].decode("utf-8", errors="ignore") + "\n"  # a quarter of the 32 context
+
+
+def test_samples_continue_a_validation_line_and_finish_after_sampling(finished, monkeypatch):
+    out, _, results = finished
+    prompt = _validation_line(out / "data")
+    assert results["sample_prompt"] == prompt and prompt != "ROMEO.\n"
+    assert all(text.startswith(prompt) for text in results["samples"].values())
+    assert json.dumps(prompt) in (out / "report.md").read_text()
+
+
+def test_finished_is_stamped_after_the_samples(tmp_path, text_file, monkeypatch):
+    from polycom.compare import runner
+
+    events = []
+    real = runner.generate_samples
+    monkeypatch.setattr(runner, "generate_samples", lambda *a, **k: (events.append("samples"), real(*a, **k))[1])
+    monkeypatch.setattr(runner, "_now", lambda: (events.append("finished"), "2000-01-01T00:00:00Z")[1])
+    cfg = CompareConfig(
+        out=str(tmp_path / "o"), activations=["relu"], steps=2, data=str(text_file), overrides=SMALL,
+        sample_prompt="KING:\n",
+    )  # fmt: skip
+    results = run_compare(cfg, show_progress=False)
+    assert events == ["samples", "finished"]
+    assert results["samples"]["relu"].startswith("KING:\n")
+    assert "Finished 2000-01-01T00:00:00Z" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_report_only_rebuilds_report_plot_and_results_alone(finished, monkeypatch, capsys):
+    from polycom.cli import main
+    from polycom.compare import runner
+
+    out, _, _ = finished
+    before = json.loads((out / "results.json").read_text())
+    ckpt = out / "runs" / "swiglu-s0" / "checkpoints" / "step_00000008.pt"
+    mtime = ckpt.stat().st_mtime_ns
+    for name in ("report.md", "loss.png", "results.json"):
+        (out / name).unlink()
+    monkeypatch.setattr(runner, "generate_samples", lambda *a, **k: pytest.fail("--report-only must not sample"))
+    assert main(["compare", "--report-only", "--out", str(out)]) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and ckpt.stat().st_mtime_ns == mtime
+    after = json.loads((out / "results.json").read_text())
+    assert after["results"]["polynorm"]["final_val_loss"] == before["results"]["polynorm"]["final_val_loss"]
+    assert after["samples"] == {} and "No samples yet" in (out / "report.md").read_text()
+    (out / "runs" / "polynorm-s1" / "metrics.jsonl").write_text("")  # an unfinished run is named
+    assert main(["compare", "--report-only", "--out", str(out)]) == 2
+    assert "run polynorm-s1 is not finished" in capsys.readouterr().err
+    assert main(["compare", "--report-only", "--out", str(out / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_data_that_is_not_data_leaves_no_stub_comparison(tmp_path):
+    not_data = tmp_path / "pictures"
+    not_data.mkdir()
+    (not_data / "cat.png").write_bytes(b"\x89PNG")
+    cfg = CompareConfig(out=str(tmp_path / "o"), activations=["relu"], data=str(not_data), overrides=SMALL)
+    for _ in range(2):  # the second attempt meets the same data error, not "an unfinished comparison"
+        with pytest.raises(UserError) as err:
+            run_compare(cfg, show_progress=False)
+        assert "unfinished comparison" not in str(err.value)
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_compare_progress_starts_with_the_first_step_only():
+    from polycom.compare.progress import CompareProgress
+
+    with CompareProgress(2, 4, enabled=True) as progress:
+        progress.start_run("relu", 0)  # then refused in its checks: no event
+    assert not progress.progress.live.is_started
+    with CompareProgress(2, 4, enabled=True) as progress:
+        progress.start_run("relu", 0)
+        progress.on_event({"step": 1, "loss": 2.0})
+        assert progress.progress.live.is_started

@@ -4,6 +4,7 @@ polycom compare                                   # 6 activations, embedded corp
 polycom compare --activations swiglu,polynorm --seeds 3 --steps 600 --out runs/cmp
 polycom compare --data my_texts/ --model.d_model=256   # extra --section.key=value go to every run
 polycom compare --activations swiglu,polynorm,polynorm:order=2,polycom:base=silu:composition=2
+polycom compare --report-only --out runs/cmp     # rebuild report.md / loss.png / results.json, nothing else
 polycom compare --recipe order-ablation           # a named comparison: main, order-ablation, composition-ablation,
                                                   # relu-variants, moe (src/polycom/compare/recipes/*.toml)
 """
@@ -53,6 +54,16 @@ def register(subparsers) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="redo a comparison in an existing output folder")
     group.add_argument("--resume", action="store_true", help="continue a comparison, reusing finished runs")
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="text the report's samples continue, \\n for a newline (default: the first line of a validation document)",
+    )
+    group.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild report.md, loss.png and results.json of --out from its runs: no training, no sampling",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress display")
     enable_overrides(parser)
     parser.set_defaults(handler=run)
@@ -61,6 +72,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from polycom.compare import CompareConfig, run_compare
 
+    if args.report_only:
+        return _report_only(args)
     overrides = list(args.overrides)
     out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = CompareConfig(
@@ -77,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides,
         overwrite=args.overwrite,
         resume=args.resume,
+        sample_prompt=None if args.prompt is None else args.prompt.replace("\\n", "\n"),
     )
     if os.environ.get("RANK", "0") == "0":  # say where the results go before the first run starts
         print(f"polycom compare: output folder {out}", file=sys.stderr, flush=True)
@@ -87,6 +101,18 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if results:  # empty on the ranks > 0 of a torchrun launch
         _print_summary(results, Path(out))
+    return 0
+
+
+def _report_only(args: argparse.Namespace) -> int:
+    """--report-only: the report of an existing comparison rebuilt from its run folders."""
+    from polycom.compare.runner import rebuild_report
+    from polycom.errors import UserError
+
+    if args.out is None:
+        raise UserError("--report-only needs --out DIR, the comparison's folder")
+    results = rebuild_report(args.out)
+    _print_summary(results, Path(args.out))
     return 0
 
 

@@ -22,6 +22,8 @@ class CompareConfig:
     preset: model preset; None -> the recipe's (`tiny` on CPU, `small` on GPU). steps: None -> the recipe's.
     data: "embedded", a raw source (file/folder/hf:NAME) or a prepared data folder. tokenizer: for raw sources.
     overrides: extra ``--section.key=value`` applied to every run (e.g. ``--model.d_model=256``).
+    sample_prompt: the text the report's samples continue (``--prompt``); None -> the first line of a
+        validation document (`polycom.compare.runner.validation_prompt`).
     """
 
     out: str
@@ -35,7 +37,7 @@ class CompareConfig:
     tokenizer: str = "byte"
     device: str = "auto"
     overrides: list[str] = field(default_factory=list)
-    sample_prompt: str = "ROMEO.\n"
+    sample_prompt: str | None = None
     sample_tokens: int = 200
     overwrite: bool = False
     resume: bool = False

@@ -25,13 +25,22 @@ class CompareProgress:
         self.current = None
         self._done_steps = 0
         self._val: float | None = None
+        self.started = False
 
+    # The live bars start with the first training step or finished run, not on entry: a run refused in
+    # its checks prints its error without empty bars flashing before it.
     def __enter__(self):
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.stop()
+        return False
+
+    def _start(self) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
 
     def start_run(self, activation: str, seed: int) -> None:
         if self.current is not None:
@@ -40,6 +49,7 @@ class CompareProgress:
         self.current = self.progress.add_task(f"{activation} seed {seed}", total=self.steps, info="")
 
     def on_event(self, record: dict) -> None:
+        self._start()
         step = record.get("step", 0)
         if "val_loss" in record:
             self._val = record["val_loss"]
@@ -52,6 +62,7 @@ class CompareProgress:
         self.progress.update(self.total, completed=self._done_steps + step)
 
     def finish_run(self, activation: str, seed: int, *, result=None, skipped: bool = False) -> None:
+        self._start()
         self._done_steps += self.steps
         self.progress.update(self.total, completed=self._done_steps)
         if skipped:

@@ -182,12 +182,19 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "## Samples",
         "",
-        "Seed-0 model of each activation, same prompt, temperature 0.8, top-k 40, sampling seed 1234.",
-        "",
+        *_samples_intro(results),
     ]
     for act, text in results.get("samples", {}).items():
         lines += [f"### {act}", "", "```text", text.rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _samples_intro(results: dict[str, Any]) -> list[str]:
+    if not results.get("samples"):
+        return ["No samples yet: `polycom compare --resume --out DIR` generates them.", ""]
+    prompt = results.get("sample_prompt")
+    said = "same prompt" if prompt is None else f"same prompt {json.dumps(prompt, ensure_ascii=False)}"
+    return [f"Seed-0 model of each activation, {said}, temperature 0.8, top-k 40, sampling seed 1234.", ""]
 
 
 def write_report(out: Path, results: dict[str, Any]) -> None:
