@@ -1,5 +1,7 @@
 """The one-cast rule for every functional op: bf16/fp16 outputs are the fp64 result rounded once.
 
+Checked for the public ops (torch backend) and for `polycom.ops.reference`, plain and gated.
+
 Rule (project numerics contract, `polycom.ops.dtypes`): upcast once to fp32, compute and reduce
 there (the gated product ``* up`` included), cast the result to the input dtype once. So the output
 equals ``fp64_result.to(dtype)`` exactly, except where the fp64 value lies so close to a rounding
@@ -21,11 +23,12 @@ import pytest
 import torch
 
 import polycom
+from polycom.ops import reference
 
 EPS = 1e-6
 LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# The fp32 math of the reference ops lands within 2.5e-7 of the fp64 result, relative to the summed
-# magnitude of the terms (measured on these shapes, r = 1..5); 2e-6 leaves an 8x margin.
+# The fp32 math of the ops (reference and torch backend) lands within 2.8e-7 of the fp64 result, relative
+# to the summed magnitude of the terms (measured on these shapes, r = 1..5); 2e-6 leaves a 7x margin.
 FP32_MATH_MARGIN = 2e-6
 
 
@@ -85,6 +88,14 @@ OPS = {
     ("polyrelu", False): lambda x, up, w, b: polycom.poly_relu(x, w, b),
     ("polyrelu", True): lambda x, up, w, b: polycom.poly_relu_gated(x, up, w, b),
 }
+# The readable reference (the kernels' test oracle and the tensor-parallel path) follows the same rule.
+REFERENCE_OPS = {
+    ("polynorm", False): lambda x, up, w, b: reference.poly_norm_reference(x, w, b, EPS),
+    ("polynorm", True): lambda x, up, w, b: reference.poly_norm_gated_reference(x, up, w, b, EPS),
+    ("polyrelu", False): lambda x, up, w, b: reference.poly_relu_reference(x, w, b),
+    ("polyrelu", True): lambda x, up, w, b: reference.poly_relu_gated_reference(x, up, w, b),
+}
+IMPLEMENTATIONS = {"public": OPS, "reference": REFERENCE_OPS}
 
 
 def _inputs(dtype, r, gated, shape=(32, 96)):
@@ -96,9 +107,11 @@ def _inputs(dtype, r, gated, shape=(32, 96)):
 @pytest.mark.parametrize("dtype", list(LOW))
 @pytest.mark.parametrize("r", [1, 3])
 @pytest.mark.parametrize("op,gated", list(OPS), ids=["polynorm", "polynorm_glu", "polyrelu", "polyrelu_glu"])
-def test_low_precision_output_is_fp64_rounded_once(op, gated, r, dtype):
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+def test_low_precision_output_is_fp64_rounded_once(impl, op, gated, r, dtype):
+    """`public`: polycom.poly_norm & co. on the torch backend; `reference`: polycom.ops.reference."""
     x, up, w, b = _inputs(LOW[dtype], r, gated)
-    out = OPS[(op, gated)](x, up, w, b)
+    out = IMPLEMENTATIONS[impl][(op, gated)](x, up, w, b)
     assert out.dtype == LOW[dtype] and out.shape == x.shape
     assert_one_cast(out, *fp64_and_magnitude(op, gated, x, up, w, b))
 
