@@ -460,7 +460,7 @@ def test_persistent_grid_is_one_wave_and_programs_loop():
 
 
 @pytest.mark.parametrize("op", ["polynorm", "polyrelu"])
-@pytest.mark.parametrize("wanted", ["x", "coefficients", "up"])
+@pytest.mark.parametrize("wanted", ["x", "coefficients", "up", "b"])
 def test_backward_computes_only_needed_grads(op, wanted):
     """needs_input_grad: gradients nobody asked for are None (and not computed); the wanted ones match
     the all-gradients run bit for bit."""
@@ -471,7 +471,7 @@ def test_backward_computes_only_needed_grads(op, wanted):
         "x": x.clone().requires_grad_(wanted == "x"),
         "up": up.clone().requires_grad_(wanted == "up"),
         "w": w.clone().requires_grad_(wanted == "coefficients"),
-        "b": b.clone().requires_grad_(wanted == "coefficients"),
+        "b": b.clone().requires_grad_(wanted in ("coefficients", "b")),
     }
     with polycom.use_backend("triton"):
         PUBLIC[(op, True)](leaves["x"], leaves["up"], leaves["w"], leaves["b"]).backward(dy)
