@@ -58,3 +58,30 @@ def test_train_progress_bar_starts_at_the_first_step_only():
         progress.on_event({"step": 1, "loss": 2.0})
         assert progress.progress.live.is_started
     assert not progress.progress.live.is_started
+
+
+def test_data_prepare_offline_fails_fast_with_a_clear_message_and_no_bar(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))}
+    argv = [sys.executable, "-m", "polycom", "data", "prepare", "--source", "hf:nobody/not-in-the-cache"]
+    t0 = time.perf_counter()
+    proc = subprocess.run([*argv, "--offline", "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env)
+    assert time.perf_counter() - t0 < 60  # imports only: no network retries
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("polycom data: error: could not open Hugging Face dataset"), proc.stderr
+    assert "OfflineModeIsEnabled" in proc.stderr and "--offline: only datasets already in the" in proc.stderr
+    assert proc.stdout == ""  # no (empty) progress bar before the error
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_prepare_says_when_the_bpe_is_smaller_than_asked(tmp_path, capsys):
+    src = tmp_path / "few.txt"
+    src.write_text(embedded_corpus_text()[:3_000])
+    argv = ["data", "prepare", "--source", str(src), "--tokenizer", "bpe", "--vocab-size", "4000"]
+    assert main([*argv, "--out", str(tmp_path / "d")]) == 0
+    vocab = json.loads((tmp_path / "d" / "meta.json").read_text())["vocab_size"]
+    assert vocab < 4000 and f"the BPE vocab is {vocab}, not the 4000 asked for" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 polycom data prepare --out data/shakespeare-byte                      # embedded corpus, byte tokens
 polycom data prepare --source my_texts/ --tokenizer bpe --vocab-size 8192 --out data/mine
 polycom data prepare --source hf:wikitext:wikitext-2-raw-v1 --tokenizer path/to/hf_tokenizer --out data/wt2
+polycom data prepare --source hf:wikitext:wikitext-2-raw-v1 --offline --out data/wt2   # from the HF cache only
 polycom data info data/mine
 """
 
@@ -37,6 +38,11 @@ def register(subparsers) -> None:
         help="bytes of .txt/.jsonl files that are not UTF-8: strict = refuse the file naming file and line "
         "(default), replace = substitute U+FFFD",
     )
+    prep.add_argument(
+        "--offline",
+        action="store_true",
+        help="hf: sources from the local Hugging Face cache only: no network, no retries (HF_HUB_OFFLINE=1)",
+    )
     prep.add_argument("--out", required=True, help="output folder")
     prep.add_argument("--overwrite", action="store_true", help="replace prepared data in --out")
     prep.set_defaults(handler=run_prepare)
@@ -47,8 +53,14 @@ def register(subparsers) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from polycom.data.prepare import PrepareConfig, prepare_data
+    import os
 
+    from polycom.data.prepare import PrepareConfig, prepare_data
+    from polycom.errors import UserError
+
+    if args.offline:  # read by huggingface_hub / datasets when they are imported, which happens later
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
     cfg = PrepareConfig(
         source=args.source,
         tokenizer=args.tokenizer,
@@ -59,12 +71,22 @@ def run_prepare(args: argparse.Namespace) -> int:
         max_documents=args.max_documents,
         text_errors=args.errors,
     )
-    shards = prepare_data(cfg, args.out, overwrite=args.overwrite)
+    try:
+        shards = prepare_data(cfg, args.out, overwrite=args.overwrite)
+    except UserError as exc:
+        if args.offline and args.source.startswith("hf:"):
+            raise UserError(f"{exc} (--offline: only datasets already in the Hugging Face cache can be read)") from None
+        raise
     m = shards.meta
     print(
         f"{args.out}: {m['train_tokens']:,} train + {m['val_tokens']:,} val tokens "
         f"({m['tokenizer']}, vocab {m['vocab_size']}) from {m['documents']} documents"
     )
+    if args.tokenizer == "bpe" and m["vocab_size"] < args.vocab_size:
+        print(
+            f"note: the BPE vocab is {m['vocab_size']}, not the {args.vocab_size} asked for: the source has "
+            "too little text for more merges"
+        )
     return 0
 
 

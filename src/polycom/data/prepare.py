@@ -7,6 +7,7 @@ validation set samples the whole corpus rather than its last document. The split
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -55,13 +56,16 @@ def prepare_data(cfg: PrepareConfig, out_dir: str | Path, *, overwrite: bool = F
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "meta.json").exists():
         raise UserError(f"{out_dir} exists and is not empty; choose a new folder for the prepared data")
 
+    documents = iter_documents(
+        cfg.source, text_field=cfg.text_field, hf_split=cfg.hf_split, text_errors=cfg.text_errors
+    )
+    # The first document opens the source: a missing or unreadable source fails before any bar is drawn.
+    first = next(documents, None)
     progress = _progress(show_progress)
     with progress:
         read_task = progress.add_task("reading documents", total=None)
         docs = []
-        for doc in iter_documents(
-            cfg.source, text_field=cfg.text_field, hf_split=cfg.hf_split, text_errors=cfg.text_errors
-        ):
+        for doc in itertools.chain([] if first is None else [first], documents):
             docs.append(doc)
             progress.advance(read_task)
             if cfg.max_documents and len(docs) >= cfg.max_documents:
