@@ -454,3 +454,72 @@ def public_api_worker(rank: int, world_size: int, seed: int) -> dict:
             res["dup"] = full(up.grad)
         out[variant] = res
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# rank failures through the CLI's error handler
+# ----------------------------------------------------------------------------------------------------
+
+
+def cli_rank_failure_worker(rank: int, world_size: int, fail_rank: int, error: str, error_file: str) -> tuple:
+    """`polycom train` whose handler fails on `fail_rank` (`error`: "user" -> UserError, "bug" -> RuntimeError)
+    while the other ranks wait in a barrier for it -> (exit code, stderr, torchrun error file text or "")."""
+    import contextlib
+    import io
+    import os
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    import polycom.cli.train as train_cli
+    from polycom.cli import main
+    from polycom.distributed import ParallelConfig, init_distributed
+    from polycom.errors import UserError
+
+    path = f"{error_file}.{rank}"
+    os.environ["TORCHELASTIC_ERROR_FILE"] = path
+
+    def failing_run(args):
+        init_distributed(ParallelConfig(timeout_s=20))
+        if rank == fail_rank:
+            if error == "user":
+                raise UserError("shard train_000.bin holds token id 70000 >= vocab 50000")
+            raise RuntimeError("a bug\nwith a second line")
+        dist.barrier()  # the failed rank never arrives
+        return 0
+
+    train_cli.run = failing_run  # register() reads the module attribute when main() builds the parser
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(["train", "--no-progress"])
+    text = Path(path).read_text() if os.path.exists(path) else ""
+    return code, stderr.getvalue(), text
+
+
+def save_then_load_worker(rank: int, world_size: int, path: str, phase: str) -> str:
+    """phase "save": FSDP2 model + AdamW, one step, save_sharded(path) -> "saved".
+    phase "load": load_sharded(path) into a fresh FSDP2 model -> "loaded" or "UserError: ..."."""
+    from polycom.distributed import ParallelConfig, init_distributed, parallelize, shutdown
+    from polycom.errors import UserError
+    from polycom.models import build_model
+    from polycom.train.checkpoint import load_sharded, save_sharded
+
+    cfg = ParallelConfig(fsdp=True, timeout_s=30)
+    ctx = init_distributed(cfg)
+    try:
+        torch.manual_seed(0)
+        model = parallelize(build_model(tiny_config()), cfg, ctx)
+        opt = make_optimizer(model)
+        if phase == "save":
+            rows = tiny_batches(1)[0].chunk(world_size)[rank]
+            model(rows[:, :-1], rows[:, 1:]).loss.backward()
+            opt.step()
+            save_sharded(path, model, opt, {"step": 1}, ctx)
+            return "saved"
+        try:
+            load_sharded(path, model, opt, ctx)
+        except UserError as exc:
+            return f"UserError: {exc}"
+        return "loaded"
+    finally:
+        shutdown(ctx)

@@ -8,12 +8,19 @@ GPUs, gloo on CPU) with `cfg.timeout_s` as the timeout of the rendezvous and of 
 and builds a 2-D device mesh ("dp", "tp") of shape (world_size // tp, tp). Ranks are laid out
 row-major, so the TP group of a rank is tp consecutive ranks (the GPUs of one node when tp divides
 the GPUs per node): rank = dp_rank * tp + tp_rank.
+
+When a rank fails, `rank_failure_line(exc)` is the one line the CLI prints for it (``rank 1: UserError:
+...``; a rank that lost its peers says so instead of showing the backend's traceback), and
+`record_rank_failure(line)` hands that line to torchrun's error file, so torchrun's own failure summary
+quotes it instead of "<N/A>".
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +29,15 @@ import torch.distributed as dist
 from polycom.distributed.config import ParallelConfig
 from polycom.errors import UserError
 
-__all__ = ["DistContext", "init_distributed", "shutdown", "validate_layout"]
+__all__ = [
+    "DistContext",
+    "init_distributed",
+    "launched_rank",
+    "rank_failure_line",
+    "record_rank_failure",
+    "shutdown",
+    "validate_layout",
+]
 
 
 @dataclass
@@ -170,3 +185,56 @@ def shutdown(ctx: DistContext | None) -> None:
     if ctx is not None and ctx.started_process_group and dist.is_initialized():
         dist.destroy_process_group()
         ctx.started_process_group = False
+
+
+def launched_rank() -> int | None:
+    """This process's rank when launched as one of several (torchrun's WORLD_SIZE > 1), else None."""
+    try:
+        world_size, rank = int(os.environ.get("WORLD_SIZE") or 1), int(os.environ.get("RANK") or 0)
+    except ValueError:
+        return None
+    return rank if world_size > 1 else None
+
+
+def _lost_peers(exc: BaseException) -> bool:
+    """True for the errors a collective raises when another rank died or stopped (gloo / NCCL / the store)."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        hint in text for hint in ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out")
+    )
+
+
+def rank_failure_line(exc: BaseException, rank: int, *, user_error: bool) -> str:
+    """One line naming the rank and the error: ``rank 1: UserError: <message>``.
+
+    user_error: the message is the whole story (a UserError, a bad value); otherwise only its first line is
+    kept and the line says how to see the traceback. A rank whose collective failed because another rank died
+    says so: the rank that failed first has its own line.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = " ".join(lines) if user_error else (lines[0][:300] if lines else "")
+    head = f"rank {rank}: {type(exc).__name__}: {message}"
+    if user_error:
+        return head
+    if _lost_peers(exc):
+        return f"{head} (lost contact with the other ranks: one of them failed or was stopped, see its line)"
+    return f"{head} (POLYCOM_DEBUG=1 shows the traceback)"
+
+
+def record_rank_failure(line: str) -> None:
+    """Write `line` as this rank's error for torchrun's failure summary (TORCHELASTIC_ERROR_FILE), if set.
+
+    Same JSON as torch.distributed.elastic's ErrorHandler, with the one line in place of the traceback.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    data = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+    except OSError:  # the summary then says <N/A>; the line was printed anyway
+        pass

@@ -38,6 +38,7 @@ from polycom.distributed import DistContext, init_distributed, parallelize, shut
 from polycom.errors import UserError, writing_to
 from polycom.models import build_model
 from polycom.train.checkpoint import (
+    check_global_batch,
     checkpoint_dir,
     clean_stale_temp,
     find_checkpoint,
@@ -211,7 +212,7 @@ class Trainer:
             cfg.seq_len,
             tc.batch_size,
             tc.eval_batches,
-            seed=tc.eval_seed if tc.eval_seed >= 0 else tc.seed + 1_000_003,
+            seed=tc.seed + 1_000_003,
             dp_rank=ctx.dp_rank,
             dp_size=ctx.dp_size,
         )
@@ -234,6 +235,8 @@ class Trainer:
     def load(self, state: dict[str, Any]) -> tuple[int, float | None]:
         """Restore optimizer, RNG (and, for a sharded checkpoint, the model); returns (step, its val loss)."""
         if "dcp_path" in state:
+            tc = self.cfg.train
+            check_global_batch(state["dcp_path"], tc.batch_size, tc.grad_accum, self.ctx.dp_size)
             state = {**load_sharded(state["dcp_path"], self.model, self.optimizer, self.ctx), "optimizer": None}
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])

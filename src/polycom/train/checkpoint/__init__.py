@@ -9,8 +9,8 @@
     run = load_run(run_dir)                                               # model, configs, tokenizer
 
 Backends: `single_file` (atomic ``torch.save`` + sha256), `sharded` (torch.distributed.checkpoint
-folder + safetensors export). `layout` names and finds a run's checkpoints; `run_folder` decides what
-a run folder is and loads its model.
+folder + safetensors export; `integrity` writes and verifies its ``checksums.json``). `layout` names
+and finds a run's checkpoints; `run_folder` decides what a run folder is and loads its model.
 """
 
 from polycom.train.checkpoint.layout import (
@@ -23,11 +23,12 @@ from polycom.train.checkpoint.layout import (
     save_sharded_checkpoint,
 )
 from polycom.train.checkpoint.run_folder import LoadedRun, is_run_folder, load_run, read_run_config
-from polycom.train.checkpoint.sharded import export_safetensors, load_sharded, save_sharded
+from polycom.train.checkpoint.sharded import check_global_batch, export_safetensors, load_sharded, save_sharded
 from polycom.train.checkpoint.single_file import load_checkpoint, verify_checkpoint
 
 __all__ = [
     "LoadedRun",
+    "check_global_batch",
     "checkpoint_dir",
     "checkpoint_path",
     "clean_stale_temp",

@@ -2,7 +2,8 @@
 
     RUN_DIR/checkpoints/step_00000100.pt          single-process run: one file (single_file.py)
     RUN_DIR/checkpoints/step_00000100.pt.sha256   its checksum (``sha256sum`` format)
-    RUN_DIR/checkpoints/step_00000100/            multi-process run: one DCP folder (sharded.py)
+    RUN_DIR/checkpoints/step_00000100/            multi-process run: one DCP folder (sharded.py), with its
+                                                  checksums.json (integrity.py)
     RUN_DIR/checkpoints/latest                    text file naming the newest checkpoint
 
 ``latest`` is written last, after the checkpoint is complete; `keep` > 0 then deletes all but the
@@ -89,8 +90,8 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], *, ke
 def save_sharded_checkpoint(run_dir, step: int, model, optimizer, extra: dict, ctx, *, keep: int = 0) -> Path:
     """Multi-process runs: every rank saves its shards into the DCP folder of `step` (call on EVERY rank).
 
-    The folder is written under a temporary name and renamed when complete (atomic); DCP folders carry
-    no sha256 file (each rank writes its own shard files).
+    The folder is written under a temporary name and renamed when complete (atomic); its checksums.json
+    (size and sha256 of every file, written last) is verified whenever it is loaded.
     """
     from polycom.train.checkpoint.sharded import save_sharded
 

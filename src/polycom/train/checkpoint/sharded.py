@@ -11,6 +11,7 @@ A checkpoint is a folder:
                                      global name -> (shape, dtype) of every model tensor
       extra_state.json (+ .safetensors)  the trainer's `extra_state` (step, RNG, data position, ...) from
                                      rank 0, without pickle (extra_state.py)
+      checksums.json                 size and sha256 of every file above, written last (integrity.py)
 
 Every rank writes its own shards (a multi-node run needs a shared filesystem). The folder is written
 as CKPT.tmp and renamed once complete, so a crash never leaves a half-written CKPT. DCP reshards on
@@ -18,6 +19,11 @@ load, so a checkpoint saved with one layout (e.g. 2 ranks FSDP2) resumes with an
 FSDP2 x TP, or a single process). Before loading, every rank compares the model in the folder with
 the model in memory and raises UserError naming the differences, so an incompatible checkpoint fails
 on every rank instead of hanging.
+
+Integrity: once every rank has written its shards, the ranks hash the files (each a share of them) and
+rank 0 writes ``checksums.json``; loading verifies every listed file first (sizes, then sha256), so a
+corrupt, truncated or missing shard is a UserError naming the file, on every rank, before anything is
+read into the model. Checkpoints from before ``checksums.json`` load with a one-line warning.
 
 Trust: DCP's ``.metadata`` is a pickle that torch unpickles with no restriction, so loading a sharded
 checkpoint can run code planted in it; load only sharded checkpoints from a source you trust. To share
@@ -45,9 +51,12 @@ from torch import nn
 from polycom.distributed.runtime import DistContext
 from polycom.errors import UserError
 from polycom.train.checkpoint.extra_state import read_extra_state, write_extra_state
+from polycom.train.checkpoint.integrity import CHECKSUMS_FILE, verify_checksums, write_checksums
 from polycom.utils.atomic import replace_folder
 
 __all__ = [
+    "CHECKSUMS_FILE",
+    "check_global_batch",
     "export_safetensors",
     "load_sharded",
     "model_signature",
@@ -179,6 +188,8 @@ def save_sharded(
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         write_extra_state(tmp, extra_state or {})
     _barrier()
+    write_checksums(tmp, ctx)  # last: every file is complete; a collective (each rank hashes a share)
+    _barrier()
     if ctx.is_main:
         replace_folder(tmp, folder)
     _barrier()
@@ -192,7 +203,8 @@ def load_sharded(
 
     Call on EVERY rank. The world size and layout may differ from the saving run (DCP reshards).
     UserError (on every rank, before any collective) when the folder is missing, not a polycom
-    checkpoint, holds no optimizer state but `optimizer` is given, or comes from a different model.
+    checkpoint, holds no optimizer state but `optimizer` is given, comes from a different model, or a
+    file fails its checksum (the verification is a collective: the ranks share the hashing).
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
@@ -202,6 +214,7 @@ def load_sharded(
     _check_compatible(meta, model, folder)
     if optimizer is not None and not meta.get("has_optimizer", False):
         raise UserError(f"checkpoint {folder} holds no optimizer state; load it with optimizer=None")
+    verify_checksums(folder, ctx)
     state = _dcp_state(model, optimizer)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
@@ -211,6 +224,57 @@ def load_sharded(
     else:
         set_model_state_dict(model, state["model"])
     return read_extra_state(folder)
+
+
+def _saved_batch(folder: Path) -> tuple[int, int, int] | None:
+    """(batch_size per rank, grad_accum, dp_size) the checkpoint was trained with; None when not recorded."""
+    meta = read_checkpoint_meta(folder)
+    extra = read_extra_state(folder)
+    try:
+        batch_size = int(extra["data"]["batch_size"])
+        grad_accum = int(extra["config"]["train"]["grad_accum"])
+        return batch_size, grad_accum, int(meta.get("dp_size", 1))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _batch_hint(global_batch: int, batch_size: int, grad_accum: int, dp_size: int) -> str:
+    """Which --train.batch_size / --train.grad_accum give `global_batch` with `dp_size` ranks."""
+    options = []
+    if global_batch % (dp_size * grad_accum) == 0:
+        options.append(f"--train.batch_size={global_batch // (dp_size * grad_accum)} (the same windows as before)")
+    if global_batch % (dp_size * batch_size) == 0:
+        options.append(f"--train.grad_accum={global_batch // (dp_size * batch_size)}")
+    if not options:
+        return f"no --train.batch_size / --train.grad_accum keeps it with {dp_size} data-parallel ranks"
+    return "to keep it pass " + " or ".join(options)
+
+
+def check_global_batch(path: str | os.PathLike, batch_size: int, grad_accum: int, dp_size: int) -> None:
+    """Refuse resuming checkpoint `path` on a different number of data-parallel ranks with another global batch.
+
+    global batch = batch_size (per rank) x dp_size x grad_accum. With the same dp_size a changed batch is the
+    user's explicit choice and passes; with a different dp_size the old global batch must be kept (the
+    UserError names the --train.batch_size / --train.grad_accum that keep it, and the process count that
+    saved it). The sampler draws batch_size x dp_size windows per (step, micro-batch), so keeping
+    batch_size x dp_size keeps the very same windows. Checkpoints without a batch record pass.
+    """
+    folder = Path(path)
+    saved = _saved_batch(folder)
+    if saved is None or saved[2] == dp_size:
+        return
+    saved_global = saved[0] * saved[1] * saved[2]
+    now = batch_size * grad_accum * dp_size
+    if now == saved_global:
+        return
+    meta = read_checkpoint_meta(folder)
+    raise UserError(
+        f"checkpoint {folder} was trained with global batch {saved_global} (batch_size {saved[0]} x "
+        f"{saved[2]} data-parallel ranks x grad_accum {saved[1]}, {meta.get('world_size', '?')} processes); "
+        f"resuming on {dp_size} data-parallel ranks gives {now} ({batch_size} x {dp_size} x {grad_accum}): "
+        f"{_batch_hint(saved_global, batch_size, grad_accum, dp_size)}, or launch "
+        f"{meta.get('world_size', '?')} processes as before"
+    )
 
 
 def _write_safetensors_atomic(tensors: dict[str, torch.Tensor], out: Path, metadata: dict[str, str]) -> Path:
@@ -233,6 +297,7 @@ def export_safetensors(path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     folder = Path(path)
     meta = read_checkpoint_meta(folder)
+    verify_checksums(folder, DistContext())
     tensors = {
         name: torch.empty(spec["shape"], dtype=getattr(torch, spec["dtype"])) for name, spec in meta["tensors"].items()
     }
