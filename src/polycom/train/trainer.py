@@ -212,7 +212,7 @@ class Trainer:
             cfg.seq_len,
             tc.batch_size,
             tc.eval_batches,
-            seed=tc.seed + 1_000_003,
+            seed=tc.eval_seed if tc.eval_seed >= 0 else tc.seed + 1_000_003,
             dp_rank=ctx.dp_rank,
             dp_size=ctx.dp_size,
         )
