@@ -142,10 +142,12 @@ def resolve_comparison(cfg: CompareConfig, device: torch.device) -> tuple[Compar
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     labels = [a.label for a in arms]
-    baseline = cfg.baseline if cfg.baseline is not None else (named.baseline if named else None)
-    if baseline is not None:
-        baseline = parse_arm(baseline).label
+    baseline = None
+    if cfg.baseline is not None:  # --baseline must name an arm
+        baseline = parse_arm(cfg.baseline).label
         if baseline not in labels:
             raise UserError(f"baseline {baseline!r} is not one of the arms: {', '.join(labels)}")
+    elif named and named.baseline and parse_arm(named.baseline).label in labels:  # --activations may drop it
+        baseline = parse_arm(named.baseline).label
     resolved = replace(cfg, activations=labels, seeds=seeds, baseline=baseline or baseline_activation(labels))
     return resolved, recipe, arms

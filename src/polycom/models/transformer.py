@@ -7,12 +7,15 @@
 
 Init (`init_weights`): every matrix ~ N(0, init_std**2); o_proj and down_proj (dense and experts)
 ~ N(0, (init_std / sqrt(2 n_layers))**2); norm gains 1; PolyCom coefficients their own init
-(weight 1/r, bias 0).
+(weight 1/r, bias 0). The dense MLP's construction and init leave the random generator where the
+parameter-matched SwiGLU MLP's would, so the shared parts (embeddings, attention, norms, output layer) start
+bitwise identical for every activation, order or MLP width with the same seed.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +26,7 @@ from polycom.models.attention import Attention, KVCache
 from polycom.models.config import ModelConfig
 from polycom.models.layers import RMSNorm, rope_tables
 from polycom.models.moe import MoEMLP, RouterStats
-from polycom.modules.mlp import MLP
+from polycom.modules.mlp import MLP, gated_hidden_size
 from polycom.modules.polycom import is_polycom_module
 
 
@@ -57,14 +60,16 @@ class Block(nn.Module):
         if cfg.is_moe:
             self.mlp = MoEMLP(cfg)
         else:
-            self.mlp = MLP(
-                cfg.d_model,
-                cfg.activation,
-                cfg.mlp_hidden_size(),
-                multiple_of=cfg.multiple_of,
-                activation_kwargs=cfg.activation_kwargs() or None,
-                fused=cfg.fused_mlp,
-            )
+            device = torch.empty(0).device  # where nn.Linear draws its construction-time init
+            with _rng_as_after(device, lambda: _replay_reference_construction(cfg, device)):
+                self.mlp = MLP(
+                    cfg.d_model,
+                    cfg.activation,
+                    cfg.mlp_hidden_size(),
+                    multiple_of=cfg.multiple_of,
+                    activation_kwargs=cfg.activation_kwargs() or None,
+                    fused=cfg.fused_mlp,
+                )
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
@@ -116,10 +121,12 @@ class PolyComLM(nn.Module):
                         nn.init.normal_(w, 0.0, std)
                 nn.init.normal_(experts.down_proj, 0.0, out_std)
             else:
-                for proj in (mlp.gate_proj, mlp.up_proj):
-                    if proj is not None:
-                        nn.init.normal_(proj.weight, 0.0, std)
-                nn.init.normal_(mlp.down_proj.weight, 0.0, out_std)
+                device = mlp.down_proj.weight.device
+                with _rng_as_after(device, lambda device=device: _replay_reference_init(self.config, device)):
+                    for proj in (mlp.gate_proj, mlp.up_proj):
+                        if proj is not None:
+                            nn.init.normal_(proj.weight, 0.0, std)
+                    nn.init.normal_(mlp.down_proj.weight, 0.0, out_std)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -233,6 +240,45 @@ class PolyComLM(nn.Module):
         return generate(
             self, input_ids, max_new_tokens, temperature, top_k, generator, eos_id=eos_id, use_cache=use_cache
         )
+
+
+@contextmanager
+def _rng_as_after(device: torch.device, replay):
+    """Run the body, then rewind the random generator of `device` and run `replay` instead.
+
+    Used around the dense MLP's construction and init with `replay` = the same step for the parameter-matched
+    SwiGLU MLP (gate and up (h, d), down (d, h), h = `gated_hidden_size`): the MLP's own weights come from
+    the current state whatever its width or activation, but every later draw (the next block's attention,
+    the output layer, ...) is the same for every arm of a comparison (other activation, order, options or
+    explicit width), so the shared parts start bitwise identical. For the parameter-matched widths this
+    changes nothing (the same number of draws).
+    """
+    if device.type not in ("cpu", "cuda"):  # meta: nothing is drawn
+        yield
+        return
+    cuda = device.type == "cuda"
+    state = torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state()
+    yield
+    if cuda:
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+    replay()
+
+
+def _reference_shapes(cfg: ModelConfig) -> tuple[tuple[int, int], ...]:
+    h, d = gated_hidden_size(cfg.d_model, cfg.multiple_of), cfg.d_model
+    return ((h, d), (h, d), (d, h))
+
+
+def _replay_reference_construction(cfg: ModelConfig, device: torch.device) -> None:
+    for out_features, in_features in _reference_shapes(cfg):
+        nn.Linear(in_features, out_features, bias=False, device=device)
+
+
+def _replay_reference_init(cfg: ModelConfig, device: torch.device) -> None:
+    for shape in _reference_shapes(cfg):
+        torch.empty(shape, device=device).normal_()
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> PolyComLM:
