@@ -84,7 +84,7 @@ def test_sharded_round_trip_restores_extra_state(tmp_path):
 def test_crafted_legacy_extra_state_pickle_is_not_executed(tmp_path):
     marker = tmp_path / "MARKER"
     _, ckpt = _run_folder(tmp_path / "run", sharded=True)
-    for name in ("extra_state.json", "extra_state.safetensors"):
+    for name in ("extra_state.json", "extra_state.safetensors", "checksums.json"):  # as an older polycom wrote it
         (ckpt / name).unlink(missing_ok=True)
     with (ckpt / "extra_state.pt").open("wb") as fh:
         pickle.dump({"step": _Evil(marker)}, fh)
@@ -98,7 +98,7 @@ def test_crafted_legacy_extra_state_pickle_is_not_executed(tmp_path):
 
 def test_legacy_extra_state_of_plain_values_still_loads(tmp_path):
     _, ckpt = _run_folder(tmp_path / "run", sharded=True)
-    for name in ("extra_state.json", "extra_state.safetensors"):
+    for name in ("extra_state.json", "extra_state.safetensors", "checksums.json"):  # as an older polycom wrote it
         (ckpt / name).unlink(missing_ok=True)
     torch.save({"step": 5, "rng": {"torch": torch.get_rng_state()}}, ckpt / "extra_state.pt")  # older polycom
     back = load_sharded(ckpt, build_model(_tiny()), None, DistContext())
