@@ -66,6 +66,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.attention_dropout = cfg.attention_dropout
         self.n_heads = cfg.n_heads
         self.n_kv_heads = cfg.kv_heads
         self.head_dim = cfg.head_dim
@@ -106,10 +107,12 @@ class Attention(nn.Module):
             repeat = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(repeat, dim=1)
             v = v.repeat_interleave(repeat, dim=1)
+        # Megatron's attention dropout (training only; p = 0 keeps the SDPA call as without it)
+        p = self.attention_dropout if self.training else 0.0
         if causal:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         B, _, T, _ = q.shape
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(out)

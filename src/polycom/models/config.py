@@ -89,6 +89,9 @@ class ModelConfig:
     fused_mlp: run PolyNorm / PolyReLU / SwiGLU dense MLP blocks as one autograd node that does not keep
         the activation output (`polycom.MLP(fused=...)`); False runs the modules one by one.
     init_std: std of the normal init; o_proj and down_proj use init_std / sqrt(2 * n_layers).
+    init_truncation: truncate the normal init at +-k std (OLMoE: 3); 0 -> plain normal.
+    attention_dropout / hidden_dropout: dropout on the attention probabilities / on the attention and MLP
+        outputs before each residual add, in training only (Megatron's defaults are 0.1 / 0.1); 0 -> none.
     """
 
     vocab_size: int = 256
@@ -106,6 +109,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    init_truncation: float = 0.0
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
     qk_norm: bool = False
     fused_mlp: bool = True
     moe: MoEConfig | None = field(default=None)
@@ -144,6 +150,11 @@ class ModelConfig:
             raise ValueError(f"hidden_size must be >= 1 or None, got {self.hidden_size}")
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             raise ValueError("rope_theta, norm_eps and init_std must be > 0")
+        if self.init_truncation < 0 or not 0 <= self.attention_dropout < 1 or not 0 <= self.hidden_dropout < 1:
+            raise ValueError(
+                "init_truncation must be >= 0 and attention_dropout / hidden_dropout in [0, 1), got "
+                f"{self.init_truncation}, {self.attention_dropout}, {self.hidden_dropout}"
+            )
         if self.moe is not None:
             if not isinstance(self.moe, MoEConfig):
                 raise TypeError(f"moe must be a MoEConfig, a dict or None, got {type(self.moe).__name__}")

@@ -57,6 +57,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer_idx)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.hidden_dropout = cfg.hidden_dropout
         if cfg.is_moe:
             self.mlp = MoEMLP(cfg)
         else:
@@ -74,12 +75,16 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, RouterStats | None]:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+        x = x + self._dropout(self.attn(self.attn_norm(x), cos, sin, cache))
         out = self.mlp(self.mlp_norm(x))
         stats = None
         if isinstance(out, tuple):
             out, stats = out
-        return x + out, stats
+        return x + self._dropout(out), stats
+
+    def _dropout(self, y: torch.Tensor) -> torch.Tensor:
+        # Megatron's hidden dropout; skipped entirely at p = 0 (no random draws, bit-identical runs).
+        return F.dropout(y, self.hidden_dropout, training=True) if self.hidden_dropout and self.training else y
 
 
 class PolyComLM(nn.Module):
@@ -101,32 +106,33 @@ class PolyComLM(nn.Module):
         """(Re)initialise every parameter (see module docstring). Safe on the meta device."""
         std = self.config.init_std
         out_std = std / math.sqrt(2 * self.config.n_layers)
-        nn.init.normal_(self.embed.weight, 0.0, std)
+        trunc = self.config.init_truncation
+        _init_normal(self.embed.weight, std, trunc)
         if self.lm_head is not None:
-            nn.init.normal_(self.lm_head.weight, 0.0, std)
+            _init_normal(self.lm_head.weight, std, trunc)
         for module in self.modules():
             if isinstance(module, RMSNorm) or is_polycom_module(module):  # PolyCom keeps its init (1/r, 0)
                 module.reset_parameters()
         for block in self.layers:
             attn = block.attn
             for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
-                nn.init.normal_(proj.weight, 0.0, std)
-            nn.init.normal_(attn.o_proj.weight, 0.0, out_std)
+                _init_normal(proj.weight, std, trunc)
+            _init_normal(attn.o_proj.weight, out_std, trunc)
             mlp = block.mlp
             if isinstance(mlp, MoEMLP):
-                nn.init.normal_(mlp.router.weight, 0.0, std)
+                _init_normal(mlp.router.weight, std, trunc)
                 experts = mlp.experts
                 for w in (experts.gate_proj, experts.up_proj):
                     if w is not None:
-                        nn.init.normal_(w, 0.0, std)
-                nn.init.normal_(experts.down_proj, 0.0, out_std)
+                        _init_normal(w, std, trunc)
+                _init_normal(experts.down_proj, out_std, trunc)
             else:
                 device = mlp.down_proj.weight.device
                 with _rng_as_after(device, lambda device=device: _replay_reference_init(self.config, device)):
                     for proj in (mlp.gate_proj, mlp.up_proj):
                         if proj is not None:
-                            nn.init.normal_(proj.weight, 0.0, std)
-                    nn.init.normal_(mlp.down_proj.weight, 0.0, out_std)
+                            _init_normal(proj.weight, std, trunc)
+                    _init_normal(mlp.down_proj.weight, out_std, trunc)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -242,6 +248,14 @@ class PolyComLM(nn.Module):
         )
 
 
+def _init_normal(weight: torch.Tensor, std: float, truncation: float) -> None:
+    """N(0, std**2) in place; with truncation k > 0 truncated to [-k std, k std] (OLMoE's init)."""
+    if truncation > 0:
+        nn.init.trunc_normal_(weight, 0.0, std, -truncation * std, truncation * std)
+    else:
+        nn.init.normal_(weight, 0.0, std)
+
+
 @contextmanager
 def _rng_as_after(device: torch.device, replay):
     """Run the body, then rewind the random generator of `device` and run `replay` instead.
@@ -278,7 +292,7 @@ def _replay_reference_construction(cfg: ModelConfig, device: torch.device) -> No
 
 def _replay_reference_init(cfg: ModelConfig, device: torch.device) -> None:
     for shape in _reference_shapes(cfg):
-        torch.empty(shape, device=device).normal_()
+        _init_normal(torch.empty(shape, device=device), 1.0, cfg.init_truncation)
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> PolyComLM:

@@ -66,6 +66,10 @@ class OptimConfig:
 
     Weight decay applies to matrices (embeddings included) only: never to 1-D parameters (norm gains,
     biases) nor to the PolyCom coefficients. ``warmup_steps`` counts optimizer steps.
+    decay_vectors: also decay the 1-D parameters (norm gains, biases), as OLMoE does; the PolyCom
+        coefficients are never decayed.
+    schedule_steps: length of the warmup + cosine schedule in optimizer steps; 0 -> train.steps. A longer
+        schedule than the run (OLMoE's t_max) leaves the rate near its peak at the end of the run.
     """
 
     lr: float = 3e-3
@@ -76,6 +80,8 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    decay_vectors: bool = False
+    schedule_steps: int = 0
 
 
 @dataclass
@@ -163,6 +169,8 @@ class TrainConfig:
         for name, value in dataclasses.asdict(o).items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"optim.{name} must be a finite number, got {value}")
+        if o.schedule_steps < 0:
+            raise UserError(f"optim.schedule_steps must be >= 0 (0 = train.steps), got {o.schedule_steps}")
         if o.lr <= 0 or not 0 <= o.min_lr_ratio <= 1 or o.warmup_steps < 0 or o.grad_clip < 0:
             raise UserError("optim: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0, grad_clip >= 0")
         if not 0 < self.data.val_fraction < 0.5:

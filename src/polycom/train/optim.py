@@ -11,13 +11,15 @@ from polycom.train.config import TrainConfig
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on >= 2-D weights only (no decay on norms, biases, PolyCom coefficients)."""
+    """AdamW; weight decay on >= 2-D weights (and on 1-D ones with ``optim.decay_vectors``), never on PolyCom
+    coefficients."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_polycom = is_polycom_parameter(model, name)
-        (no_decay if p.ndim < 2 or is_polycom else decay).append(p)
+        vector_exempt = p.ndim < 2 and not cfg.optim.decay_vectors
+        (no_decay if vector_exempt or is_polycom else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -177,7 +177,8 @@ class Trainer:
         self._build_data(shards, show_progress)
         self._build_model(state)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
-        self.schedule = WarmupCosine(cfg.optim.lr, tc.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
+        schedule_steps = cfg.optim.schedule_steps or tc.steps
+        self.schedule = WarmupCosine(cfg.optim.lr, schedule_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
         self.resumed = state is not None
         self.skipped_steps = 0
         self.start_step, self.resumed_val_loss = self.load(state) if self.resumed else (0, None)
