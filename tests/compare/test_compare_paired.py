@@ -13,6 +13,7 @@ from polycom.compare import CompareConfig, run_compare
 from polycom.compare.convergence import convergence_table, mean_loss_area, tokens_to_reach
 from polycom.compare.statistics import all_pairs, bootstrap_ci, holm_adjust, paired_difference
 from polycom.data import embedded_corpus_text
+from polycom.errors import UserError
 
 
 def t_test_p(diffs):
@@ -131,3 +132,38 @@ def _check_fixed_validation_set(out: Path, logged: float) -> None:
     with torch.no_grad():
         losses = [float(F.cross_entropy(run.model(x).logits.flatten(0, 1), y.flatten())) for x, y in batches]
     assert sum(losses) / len(losses) == pytest.approx(logged, abs=1e-5)
+
+
+@pytest.mark.slow  # trains one tiny model for 4 steps
+def test_held_out_sets_are_evaluated_and_reported(tmp_path):
+    from polycom.compare.paired_report import add_paired_analysis, render_paired_analysis
+    from polycom.data.prepare import PrepareConfig
+    from polycom.data.resolve import resolve_prepared_data
+    from polycom.train.config import load_config
+    from polycom.train.metrics import read_metrics
+    from polycom.train.trainer import train
+
+    text = tmp_path / "plays.txt"
+    text.write_text(embedded_corpus_text()[:40_000])
+    data = resolve_prepared_data(PrepareConfig(source=str(text), tokenizer="byte"), folder=tmp_path / "data").folder
+    other_text = tmp_path / "other.txt"
+    other_text.write_text(embedded_corpus_text()[-40_000:])
+    other = resolve_prepared_data(PrepareConfig(source=str(other_text), tokenizer="byte"), folder=tmp_path / "o").folder
+    overrides = [o for o in TINY if "dense" not in o] + [
+        "--train.steps=4",
+        f'--data.path="{data}"',
+        f'--data.held_out=["same={data}", "other={other}"]',
+    ]
+    run = tmp_path / "out" / "runs" / "swiglu-s0"
+    train(load_config(overrides=overrides), run)
+    evals = [r for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 4]
+    for r in evals:  # "same" is the main validation set (eval_seed 0 = the held-out sets' seed)
+        assert r["val_loss_sets"]["same"] == pytest.approx(r["val_loss"], abs=1e-6)
+        assert r["val_loss_sets"]["other"] != pytest.approx(r["val_loss"], abs=1e-6)
+    results = {"activations": ["swiglu"], "seeds": 1}
+    add_paired_analysis(results, tmp_path / "out")
+    assert results["held_out"]["other"]["swiglu"] == [evals[-1]["val_loss_sets"]["other"]]
+    assert "## Held-out sets" in "\n".join(render_paired_analysis(results))
+    with pytest.raises(UserError, match="NAME=FOLDER"):
+        load_config(overrides=['--data.held_out=["nameonly"]'])

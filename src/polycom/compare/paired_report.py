@@ -23,8 +23,27 @@ def tokens_per_step(results: dict[str, Any]) -> int:
     return train["batch_size"] * train["grad_accum"] * seq
 
 
+def held_out_losses(out: Path, arms: list[str], seeds: int) -> dict[str, dict[str, list[float]]]:
+    """Final loss on each extra held-out set (``data.held_out``): set -> arm -> per seed; {} without any."""
+    from polycom.compare.layout import run_dir
+    from polycom.train.metrics import read_metrics
+
+    table: dict[str, dict[str, list[float]]] = {}
+    for arm in arms:
+        for seed in range(seeds):
+            records = [r for r in read_metrics(run_dir(out, arm, seed) / "metrics.jsonl") if "val_loss_sets" in r]
+            for name, loss in (records[-1]["val_loss_sets"] if records else {}).items():
+                table.setdefault(name, {}).setdefault(arm, []).append(loss)
+    return table
+
+
 def add_paired_analysis(results: dict[str, Any], out: Path | None = None, *, measure_noise: bool = True) -> None:
-    """Fill ``results["paired"]`` in place (nothing with < 2 seeds); `out` is needed for the noise part."""
+    """Fill ``results["held_out"]`` (extra validation sets, if any) and ``results["paired"]`` (>= 2 seeds)
+    in place; `out` is needed for the held-out and noise parts."""
+    if out is not None:
+        sets = held_out_losses(Path(out), results["activations"], results.get("seeds", 1))
+        if sets:
+            results["held_out"] = sets
     if results.get("seeds", 1) < 2:
         return
     arms, baseline = results["activations"], results["baseline"] or results["activations"][0]
@@ -118,9 +137,35 @@ def _noise_section(paired: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _held_out_section(sets: dict[str, dict[str, list[float]]], arms: list[str]) -> list[str]:
+    names = list(sets)
+    lines = [
+        "## Held-out sets",
+        "",
+        "Final validation loss on each extra held-out set (`data.held_out`), mean ± std over seeds.",
+        "",
+        "| arm | " + " | ".join(names) + " | mean over sets |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    for arm in arms:
+        cells, means = [], []
+        for name in names:
+            values = sets[name].get(arm, [])
+            if not values:
+                cells.append("n/a")
+                continue
+            means.append(statistics.fmean(values))
+            std = f" ± {statistics.stdev(values):.3f}" if len(values) >= 2 else ""
+            cells.append(f"{means[-1]:.3f}{std}")
+        overall = f"{statistics.fmean(means):.3f}" if means else "n/a"
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {overall} |")
+    return lines + [""]
+
+
 def render_paired_analysis(results: dict[str, Any]) -> list[str]:
-    """report.md lines for ``results["paired"]`` (empty without it)."""
+    """report.md lines for ``results["held_out"]`` and ``results["paired"]`` (empty without them)."""
+    lines = _held_out_section(results["held_out"], results["activations"]) if results.get("held_out") else []
     paired = results.get("paired")
     if not paired:
-        return []
-    return [*_pairs_section(paired), *_convergence_section(paired["convergence"]), *_noise_section(paired)]
+        return lines
+    return [*lines, *_pairs_section(paired), *_convergence_section(paired["convergence"]), *_noise_section(paired)]

@@ -49,6 +49,8 @@ class DataConfig:
     val_fraction: share of the tokens held out for validation (when preparing).
     text_errors: invalid UTF-8 in .txt/.jsonl sources (when preparing): "strict" refuses the file,
         "replace" substitutes U+FFFD.
+    held_out: extra validation sets, ``["NAME=FOLDER", ...]``: the validation split of each prepared-data
+        folder (same tokenizer) is evaluated with the main one and logged as ``val_loss_sets[NAME]``.
     """
 
     path: str = ""
@@ -58,6 +60,7 @@ class DataConfig:
     val_fraction: float = 0.05
     cache_dir: str = ""
     text_errors: str = "strict"
+    held_out: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +172,10 @@ class TrainConfig:
         for name, value in dataclasses.asdict(o).items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"optim.{name} must be a finite number, got {value}")
+        if not isinstance(self.data.held_out, list) or any(
+            not isinstance(h, str) or not h.partition("=")[0] or not h.partition("=")[2] for h in self.data.held_out
+        ):
+            raise UserError(f"data.held_out must be a list of \"NAME=FOLDER\" strings, got {self.data.held_out!r}")
         if o.schedule_steps < 0:
             raise UserError(f"optim.schedule_steps must be >= 0 (0 = train.steps), got {o.schedule_steps}")
         if o.lr <= 0 or not 0 <= o.min_lr_ratio <= 1 or o.warmup_steps < 0 or o.grad_clip < 0:

@@ -217,6 +217,14 @@ class Trainer:
             dp_rank=ctx.dp_rank,
             dp_size=ctx.dp_size,
         )
+        self.held_out = {}  # name -> validation batches of an extra held-out set (data.held_out)
+        for entry in cfg.data.held_out:
+            name, _, folder = entry.partition("=")
+            extra = TokenShards(folder)
+            extra.check_vocab(cfg.model.vocab_size)
+            self.held_out[name] = eval_batches(
+                extra.val, cfg.seq_len, tc.batch_size, tc.eval_batches, seed=0, dp_rank=ctx.dp_rank, dp_size=ctx.dp_size
+            )
 
     def _build_model(self, state: dict[str, Any] | None) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -297,17 +305,23 @@ class Trainer:
                     break
         return not _any_rank(not finite, self.ctx)
 
-    def evaluate(self) -> float:
-        """Mean validation CE loss over the fixed validation batches (averaged over ranks)."""
+    def evaluate(self, batches: list | None = None) -> float:
+        """Mean validation CE loss over the fixed validation batches, or `batches` (averaged over ranks)."""
+        batches = self.val if batches is None else batches
         self.model.eval()
         total = 0.0
         with torch.no_grad():
-            for x, y in self.val:
+            for x, y in batches:
                 with self.autocast:
                     out = self.forward(x.to(self.device), y.to(self.device))
                 total += float(out.ce_loss)
         self.model.train()
-        return _all_reduce_mean(total / len(self.val), self.ctx)
+        return _all_reduce_mean(total / len(batches), self.ctx)
+
+    def _held_out_losses(self, record: Event) -> None:
+        """Add ``val_loss_sets`` (the loss on each extra held-out set) to `record` when there are any."""
+        if self.held_out:
+            record["val_loss_sets"] = {name: self.evaluate(batches) for name, batches in self.held_out.items()}
 
     def train_step(self, step: int) -> StepOutput:
         """Optimizer step `step` (0-based): grad_accum micro-batches, clip, AdamW (see the module docstring)."""
@@ -395,7 +409,9 @@ class Trainer:
         if self.resumed:
             return initial_val_from_metrics(self.run_dir), self.resumed_val_loss
         val = self.evaluate()
-        self._emit({"step": 0, "val_loss": val, "tokens": 0})
+        record: Event = {"step": 0, "val_loss": val, "tokens": 0}
+        self._held_out_losses(record)
+        self._emit(record)
         return val, val
 
     def _log(self, step: int, result: StepOutput, threads_used: int, last_val: float | None) -> float | None:
@@ -425,6 +441,7 @@ class Trainer:
         if self.cadence.should_eval(step):
             last_val = self.evaluate()
             record["val_loss"] = last_val
+            self._held_out_losses(record)
         self._emit(record)
         return last_val
 
