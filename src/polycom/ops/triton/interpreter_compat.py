@@ -4,8 +4,8 @@ The interpreter holds every scalar as a 1-element NumPy array and, up to Triton 
 Python int for ``range`` / ``tl.range`` bounds with ``int(array)``. NumPy 2.4 removed that conversion
 for arrays with ndim > 0 ("only 0-dimensional arrays can be converted to Python scalars"), so every
 kernel loop whose bounds are kernel arguments (the persistent loops, the partials reduction) fails in
-the interpreter of Triton <= 3.6 with NumPy >= 2.4 (upstream: triton-lang/triton issue 9171, fixed by
-converting ``array.squeeze()``; the Triton 3.9 interpreter already does). `apply()` installs the same
+the interpreter of Triton <= 3.6 with NumPy >= 2.4 (fixed upstream in triton-lang/triton by converting
+``array.squeeze()``; the Triton 3.9 interpreter already does). `apply()` installs the same
 conversion on older interpreters; it changes nothing when the installed interpreter already squeezes
 or NumPy still converts 1-element arrays. Only used when kernels run through the interpreter.
 """
