@@ -127,6 +127,7 @@ def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype | None, trus
 
     import polycom.hf  # noqa: F401  (Auto registration of model_type "polycom" and the activation names)
     from polycom.hf.persistence import CONVERSION_KEY, load_converted
+    from polycom.hf.quiet import quiet_transformers
     from polycom.utils.hf_folders import hf_load_kwargs, refusing_unsafe_content
 
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
@@ -145,7 +146,7 @@ def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype | None, trus
     except Exception as exc:
         raise UserError(f"{folder}/config.json is not a transformers config: {exc}") from None
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    with refusing_unsafe_content(folder):
+    with refusing_unsafe_content(folder), quiet_transformers():  # no bars for a local folder; warnings stay
         if getattr(config, CONVERSION_KEY, None):
             model = load_converted(folder, trust_remote_code=trust_remote_code, **kwargs)
         else:

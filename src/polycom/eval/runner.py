@@ -9,12 +9,16 @@ runs, with the closest known names as suggestions.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 from polycom.errors import UserError
 from polycom.eval.loading import EvalModel
+from polycom.utils.provenance import git_commit
 
 LOCAL_TASKS_DIR = Path(__file__).with_name("tasks")
 PAPER_GROUP = "polycom-paper"
@@ -63,6 +67,38 @@ def resolve_tasks(names: list[str], include_paths: tuple[str, ...] = ()):
     return cleaned, full
 
 
+class _DropCommandLineHints(logging.Filter):
+    """Drops lm-eval's advice about its own command-line flags (``--metadata``), which `polycom eval` has not."""
+
+    HINTS = ("Custom kwargs can be passed to `--metadata`",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(hint in record.getMessage() for hint in self.HINTS)
+
+
+@contextmanager
+def quiet_lm_eval() -> Iterator[None]:
+    """lm-eval without its noise, for one block: every other warning and error still shows.
+
+    * the ``--metadata`` hint lm-eval logs for tasks with a custom dataset (polycom's local tasks) is dropped;
+    * lm-eval records the git commit of the working directory with a bare ``git describe``, whose
+      "fatal: not a git repository" lands on the terminal outside a checkout: here it asks quietly instead
+      (polycom records its own commit in the report's environment anyway).
+    """
+    import lm_eval.evaluator as evaluator
+
+    task_logger = logging.getLogger("lm_eval.api.task")
+    hints = _DropCommandLineHints()
+    task_logger.addFilter(hints)
+    lm_eval_git_hash = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = lambda: git_commit(os.getcwd())
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = lm_eval_git_hash
+        task_logger.removeFilter(hints)
+
+
 def _offline_message(exc: Exception) -> str | None:
     text = f"{type(exc).__name__}: {exc}"
     markers = (
@@ -95,20 +131,20 @@ def run_tasks(
     names, manager = resolve_tasks(tasks, include_paths)
     lm = PolyComEvalLM(em, batch_size=batch_size)
     try:
-        results = simple_evaluate(
-            model=lm,
-            tasks=names,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            task_manager=manager,
-            log_samples=False,
-            bootstrap_iters=1000,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-            verbosity="ERROR",
-        )
+        with quiet_lm_eval():
+            results = simple_evaluate(
+                model=lm,
+                tasks=names,
+                num_fewshot=num_fewshot,
+                limit=limit,
+                task_manager=manager,
+                log_samples=False,
+                bootstrap_iters=1000,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
     except Exception as exc:
         message = _offline_message(exc)
         if message is None:

@@ -7,11 +7,13 @@ so after ``import polycom.hf`` it loads with ``AutoModelForCausalLM`` / ``AutoTo
 
 `export_model` writes into a temporary folder next to the target, reloads it through the Auto API,
 checks that its logits equal the harness model's on a probe batch, and only then renames it into
-place (atomic: a failed export leaves no half-written folder under the target name).
+place (atomic: a failed export leaves no half-written folder under the target name). transformers'
+progress bars and messages below errors are off while it saves and reloads (`polycom.hf.quiet`).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from polycom.errors import UserError
+from polycom.hf.quiet import quiet_transformers
 from polycom.utils.atomic import replace_folder, temp_folder_beside
 from polycom.utils.owned_outputs import check_overwritable, mark_output
 from polycom.utils.paths import existing_folder
@@ -136,13 +139,15 @@ def export_model(
 
     tmp = temp_folder_beside(out)
     try:
-        hf.save_pretrained(str(tmp), safe_serialization=True)
-        if hf_tok is not None:
-            hf_tok.save_pretrained(str(tmp))
-        (tmp / "README.md").write_text(model_card(hf.config, source), encoding="utf-8")
-        mark_output(tmp, "polycom export")
-        if verify:
-            verify_export(tmp, model)
+        # transformers quiet at ERROR: its messages here concern polycom's own folder, which verify_export checks
+        with quiet_transformers(logging.ERROR):
+            hf.save_pretrained(str(tmp), safe_serialization=True)
+            if hf_tok is not None:
+                hf_tok.save_pretrained(str(tmp))
+            (tmp / "README.md").write_text(model_card(hf.config, source), encoding="utf-8")
+            mark_output(tmp, "polycom export")
+            if verify:
+                verify_export(tmp, model)
         replace_folder(tmp, out)
     finally:
         if tmp.exists():
