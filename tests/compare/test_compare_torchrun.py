@@ -50,4 +50,9 @@ def test_compare_two_processes_matches_one_and_refuses_finished_folder(tmp_path)
 
     again = _compare(2, tmp_path / "data", tmp_path / "two", "--train.batch_size=4")
     assert again.returncode != 0
-    assert again.stderr.count("already holds a finished comparison") == 2  # the same message on every rank
+    # The same one-line message from every rank, each naming itself (torchrun's own summary may quote them).
+    ours = [ln for ln in again.stderr.splitlines() if ln.startswith("polycom compare: rank ")]
+    assert len(ours) == 2, again.stderr[-3000:]
+    for rank in (0, 1):
+        assert any(ln.startswith(f"polycom compare: rank {rank}: ") for ln in ours)
+    assert all("already holds a finished comparison" in ln for ln in ours)
