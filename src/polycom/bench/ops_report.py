@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from polycom.utils.terminal import fits_terminal
+
 CSV_FIELDS = [
     "date", "card", "torch", "triton", "cuda", "liger_kernel", "git_commit",
     "op", "provider", "tokens", "hidden", "dtype", "order", "mode", "check",
@@ -17,35 +19,67 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def _table_cells(r: dict) -> list[str]:
-    head = [f"{r['tokens']}x{r['hidden']}", r["dtype"], r["op"], r["provider"], r["mode"]]
-    if r["check"] != "ok":
-        return [*head, f"check {r['check']}", "", "", "", "", ""]
-    return [
-        *head,
-        _fmt(r["median_ms"], ".3f"),
-        _fmt(r["p20_ms"], ".3f"),
-        _fmt(r["p80_ms"], ".3f"),
-        _fmt(r["GBps"], ".0f"),
-        _fmt(100 * r["frac_copy"], ".1f"),
-        _fmt(r.get("peak_MiB"), ".0f"),
-    ]
+# (header, right-aligned, cell of a row whose check passed); the compact form keeps the COMPACT ones
+_COLUMNS = {
+    "shape": ("shape", False, lambda r: f"{r['tokens']}x{r['hidden']}"),
+    "dtype": ("dtype", False, lambda r: r["dtype"]),
+    "op": ("op", False, lambda r: r["op"]),
+    "provider": ("provider", False, lambda r: r["provider"]),
+    "mode": ("mode", False, lambda r: r["mode"]),
+    "median": ("median ms", True, lambda r: _fmt(r["median_ms"], ".3f")),
+    "p20": ("p20", True, lambda r: _fmt(r["p20_ms"], ".3f")),
+    "p80": ("p80", True, lambda r: _fmt(r["p80_ms"], ".3f")),
+    "GBps": ("GB/s", True, lambda r: _fmt(r["GBps"], ".0f")),
+    "copy": ("% copy", True, lambda r: _fmt(100 * r["frac_copy"], ".1f")),
+    "peak": ("peak MiB", True, lambda r: _fmt(r.get("peak_MiB"), ".0f")),
+}
+_COMPACT = ("shape", "dtype", "op", "provider", "mode", "median", "GBps", "copy", "peak")
+_COMPACT_HEADERS = {"median": "ms", "copy": "%copy", "peak": "MiB"}
+_FIRST_MEASURED = "median"  # a failed check fills this column with "check FAILED" / "check ERROR"
+
+
+def table_lines(rows: list[dict], compact: bool = False) -> list[str]:
+    """The console table of `rows` as aligned plain-text lines (nothing wrapped or cut short).
+
+    Full: shape, dtype, op, provider, mode, median / p20 / p80 ms, GB/s, % of the copy bandwidth, peak MiB.
+    Compact (about 75 columns): without p20 / p80, shorter headers.
+    """
+    keys = _COMPACT if compact else tuple(_COLUMNS)
+    headers = [(_COMPACT_HEADERS.get(k) if compact else None) or _COLUMNS[k][0] for k in keys]
+    body = [_cells(r, keys) for r in rows]
+    # a failed row's "check FAILED" runs on from the first measured column without widening it
+    widths = [len(h) for h in headers]
+    for cells in body:
+        sized = cells if len(cells) == len(keys) else cells[:-1]
+        for i, cell in enumerate(sized):
+            widths[i] = max(widths[i], len(cell))
+    right = [_COLUMNS[k][1] for k in keys]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]  # a failed row stops early
+        return "  ".join(padded).rstrip()
+
+    return [line(headers), *(line(cells) for cells in body)]
+
+
+def _cells(r: dict, keys: tuple[str, ...]) -> list[str]:
+    if r["check"] == "ok":
+        return [_COLUMNS[k][2](r) for k in keys]
+    first = keys.index(_FIRST_MEASURED)
+    return [*(_COLUMNS[k][2](r) for k in keys[:first]), f"check {r['check']}"]
 
 
 def print_table(rows: list[dict]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain fallback
-        for r in rows:
-            print(r)
+    """The full table where it fits the terminal; else (narrow terminal, pipe) the compact one.
+
+    Every measured field (p20 / p80 included) is in the rows appended to ops.jsonl / ops.csv.
+    """
+    full = table_lines(rows)
+    if fits_terminal(full):
+        print("\n".join(full))
         return
-    table = Table(title="polycom bench ops")
-    for col in ("shape", "dtype", "op", "provider", "mode", "median ms", "p20", "p80", "GB/s", "% copy", "peak MiB"):
-        table.add_column(col, justify="right" if col not in ("op", "provider", "mode") else "left")
-    for r in rows:
-        table.add_row(*_table_cells(r))
-    Console().print(table)
+    print("\n".join(table_lines(rows, compact=True)))
+    print("(compact view: ms is the median; p20 / p80 are in ops.jsonl / ops.csv)")
 
 
 def summarize(path: Path) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from itertools import groupby
+
+from polycom.utils.terminal import COMPACT_WIDTH, wrap
 
 # structures (`polycom.hf.mlp_finder`) whose activation multiplies a separate up branch
 GATED_KINDS = ("gated", "fused", "experts")
@@ -52,30 +55,68 @@ class ConversionReport:
         return {**asdict(self), "num_changed": self.num_changed}
 
     def to_markdown(self) -> str:
+        """The full report: a Markdown table with one row per changed MLP or expert block, then the totals."""
         lines = [
-            f"PolyCom conversion: activation={self.activation} (order {self.order}), mode={self.mode}",
+            self._title(),
             "",
             "| module | structure | experts | was | action | hidden before -> after | params before -> after |",
             "|---|---|---|---|---|---|---|",
         ]
         for c in self.changes:
-            experts = f"{c.num_experts} ({c.coefficient_sets} coefficient sets)" if c.num_experts else "-"
+            experts = _experts(c) or "-"
             lines.append(
                 f"| {c.name} | {c.kind} | {experts} | {c.old_activation} | {c.action} | "
                 f"{c.hidden_before} -> {c.hidden_after} | {c.params_before:,} -> {c.params_after:,} |"
             )
+        return "\n".join([*lines, "", *self._totals()])
+
+    def to_compact(self, width: int = COMPACT_WIDTH) -> str:
+        """The report in lines of at most `width` columns (for narrow terminals and pipes).
+
+        Consecutive MLPs changed the same way (same structure, widths and counts: the usual case, one per
+        layer) share one entry ``first to last (N MLPs)``; words are never split or cut short.
+        """
+        lines = [*wrap(self._title(), width), ""]
+        for _, group in groupby(self.changes, key=_same_change):
+            same = list(group)
+            c = same[0]
+            names = c.name if len(same) == 1 else f"{c.name} to {same[-1].name} ({len(same)} MLPs)"
+            experts = f" ({c.num_experts} experts, {_sets(c.coefficient_sets)})" if c.num_experts else ""
+            each = " each" if len(same) > 1 else ""
+            lines += wrap(names + ":", width)
+            lines += wrap(f"  {c.kind}{experts}, was {c.old_activation}: {c.action}", width)
+            lines += wrap(
+                f"  hidden {c.hidden_before} -> {c.hidden_after}, params {c.params_before:,} -> "
+                f"{c.params_after:,}{each}",
+                width,
+            )
+        return "\n".join(lines + [""] + [w for line in self._totals(split=True) for w in wrap(line, width)])
+
+    def _title(self) -> str:
+        return f"PolyCom conversion: activation={self.activation} (order {self.order}), mode={self.mode}"
+
+    def _totals(self, split: bool = False) -> list[str]:
         delta = self.params_after - self.params_before
         blocks = self.expert_blocks
         experts = f" ({len(blocks)} expert blocks, {sum(c.num_experts for c in blocks)} experts)" if blocks else ""
-        lines += [
-            "",
-            f"{self.num_changed} MLPs changed{experts}; model parameters {self.params_before:,} -> "
-            f"{self.params_after:,} ({delta:+,})",
-            "reload with "
-            + (
-                "AutoModelForCausalLM.from_pretrained (after `import polycom.hf`)"
-                if self.auto_loadable
-                else "polycom.hf.load_converted(path)"
-            ),
-        ]
-        return "\n".join(lines)
+        changed = f"{self.num_changed} MLPs changed{experts}"
+        params = f"model parameters {self.params_before:,} -> {self.params_after:,} ({delta:+,})"
+        reload = "reload with " + (
+            "AutoModelForCausalLM.from_pretrained (after `import polycom.hf`)"
+            if self.auto_loadable
+            else "polycom.hf.load_converted(path)"
+        )
+        return [changed, params, reload] if split else [f"{changed}; {params}", reload]
+
+
+def _experts(c: MLPChange) -> str:
+    return f"{c.num_experts} ({c.coefficient_sets} coefficient sets)" if c.num_experts else ""
+
+
+def _sets(n: int) -> str:
+    return f"{n} coefficient set" + ("" if n == 1 else "s")
+
+
+def _same_change(c: MLPChange) -> tuple:
+    """Everything of a change but the module name."""
+    return tuple(getattr(c, f.name) for f in fields(c) if f.name != "name")
