@@ -81,11 +81,12 @@ def test_gradcheck_of_the_fused_function(name):
     "name, expected",
     [
         # (shape, dtype) of what autograd keeps besides the parameters: x, h (gated: gate, up), PolyNorm's stats
-        ("polynorm", [((7, 12), torch.float64), ((7, 20), torch.float64), ((7, 3), torch.float64)]),
+        # (r = 3 inverse RMS values and the row scale s per row)
+        ("polynorm", [((7, 12), torch.float64), ((7, 20), torch.float64), ((7, 4), torch.float64)]),
         ("polyrelu", [((7, 12), torch.float64), ((7, 20), torch.float64)]),
         (
             "polynorm_glu",
-            [((7, 12), torch.float64), ((7, 20), torch.float64), ((7, 20), torch.float64), ((7, 3), torch.float64)],
+            [((7, 12), torch.float64), ((7, 20), torch.float64), ((7, 20), torch.float64), ((7, 4), torch.float64)],
         ),  # fmt: skip
         ("swiglu", [((7, 12), torch.float64), ((7, 20), torch.float64), ((7, 20), torch.float64)]),
     ],

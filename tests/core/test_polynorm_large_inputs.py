@@ -1,5 +1,11 @@
 """PolyNorm for rows with large entries (fp32 x**6 overflows above ~2.6e6) and the eps > 0 rule.
 
+Implementations: the reference (autograd) and the torch backend's closed form (`polycom.poly_norm` /
+`poly_norm_gated` on the ``torch`` backend, and the fused MLP's activation functions, which share its
+forward, statistics and backward). The Triton kernels have the same cases in
+tests/ops_triton/test_triton_kernels_numerics.py, the tensor-parallel path in
+tests/distributed/test_tp_polynorm.py.
+
 Oracle: the PolyNorm formula written here in fp64 (x**6 of 1e8 is 1e48, fine in fp64):
 
     y = b + sum_{i=1..r} w[r-i] * x**i / sqrt(mean(x**(2i)) + eps)
@@ -11,6 +17,7 @@ import pytest
 import torch
 
 import polycom
+from polycom.ops import closed_form, fused_mlp
 from polycom.ops.reference import poly_norm_gated_reference, poly_norm_reference
 
 
@@ -88,3 +95,91 @@ def test_eps_zero_is_refused(eps):
         polycom.poly_norm(torch.zeros(2, 3), *_coefficients(), eps=eps)
     with pytest.raises(ValueError, match="eps must be > 0"):
         polycom.PolyNorm(eps=eps)
+
+
+# ------------------------------------------------------------------ torch backend (closed form)
+
+
+def _closed_form_public(x, up, w, b):
+    with polycom.use_backend("torch"):
+        return polycom.poly_norm(x, w, b) if up is None else polycom.poly_norm_gated(x, up, w, b)
+
+
+class _FusedMLPActivation(torch.autograd.Function):
+    """The fused MLP's activation forward / recompute / backward (closed form on CPU) as one autograd node."""
+
+    @staticmethod
+    def forward(ctx, x, up, w, b):
+        with polycom.use_backend("torch"):
+            a, stats = fused_mlp.activation_forward("polynorm", x, up, w, b, 1e-6)
+            again = fused_mlp.activation_recompute("polynorm", x, up, w, b, stats, 1e-6)
+        assert torch.equal(again, a)
+        ctx.save_for_backward(x, up, w, b, stats)
+        return a
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, up, w, b, stats = ctx.saved_tensors
+        with polycom.use_backend("torch"):
+            return fused_mlp.activation_backward("polynorm", grad, x, up, w, b, stats, (True, up is not None, True))
+
+
+CLOSED_FORM = {"public": _closed_form_public, "fused_mlp": _FusedMLPActivation.apply}
+
+
+def _grads_vs_fp64(fn, x, up, w, b, dtype=torch.float32):
+    """fn's output and gradients (x, up, w, b) against the fp64 formula by autograd."""
+    leaves = [t.detach().clone().to(dtype).requires_grad_(True) if t is not None else None for t in (x, up)]
+    coeffs = [t.detach().clone().requires_grad_(True) for t in (w, b)]
+    out = fn(leaves[0], leaves[1], *coeffs)
+    g = torch.randn_like(out)
+    out.backward(g)
+    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    up64 = up.detach().double().requires_grad_(True) if up is not None else None
+    ref = _fp64_poly_norm(x64, w64, b64) * (up64 if up64 is not None else 1.0)
+    ref.backward(g.double())
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    pairs = [(leaves[0].grad, x64.grad), (coeffs[0].grad, w64.grad), (coeffs[1].grad, b64.grad)]
+    if up is not None:
+        pairs.append((leaves[1].grad, up64.grad))
+    for got, want in pairs:
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("impl", sorted(CLOSED_FORM))
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+def test_closed_form_constant_row_of_1e7(impl, gated):
+    w, b = _coefficients()
+    x = torch.full((2, 64), 1.0e7)
+    up = torch.full((2, 64), 2.0) if gated else None
+    out = CLOSED_FORM[impl](x, up, w, b)
+    expected = float(w.sum() + b) * (2.0 if gated else 1.0)
+    torch.testing.assert_close(out, torch.full_like(out, expected), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", sorted(CLOSED_FORM))
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("scale", [1e-7, 1.0, 1e7, 1e15])
+def test_closed_form_scaled_rows_match_fp64_with_gradients(impl, gated, scale):
+    torch.manual_seed(4)
+    x = torch.randn(4, 96) * scale
+    x[1] = torch.randn(96)  # an ordinary row next to the scaled ones
+    up = torch.randn(4, 96) if gated else None
+    _grads_vs_fp64(CLOSED_FORM[impl], x, up, *_coefficients())
+
+
+def test_closed_form_rows_within_one_are_the_unscaled_formula_bit_for_bit():
+    """s = 1 when max |x| <= 1: the scaled closed form is the unscaled one (written here) exactly."""
+    torch.manual_seed(5)
+    x = torch.rand(6, 50) * 2 - 1
+    w, b = _coefficients()
+    w, b = w.detach(), b.detach()
+    y, stats = closed_form.poly_norm_forward(x, None, w, b, 1e-6)
+    x2 = x * x
+    even = [x2, x2 * x2, x2 * x2 * x2]  # x**(2i) as the unscaled closed form multiplies them
+    inv = torch.cat([torch.rsqrt(e.mean(-1, keepdim=True) + 1e-6) for e in even], dim=-1)
+    expected = closed_form._horner([b, *(w[3 - i] * inv[:, i - 1 : i] for i in (1, 2, 3))], x)
+    assert torch.equal(stats[:, :3], inv) and torch.equal(stats[:, 3], torch.ones(6))
+    assert torch.equal(y, expected)

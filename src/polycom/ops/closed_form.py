@@ -5,11 +5,14 @@ passes: the CPU (``torch`` backend) path of `polycom.ops` and of the fused MLP (
 Compared with autograd over `polycom.ops.reference`, the backward keeps only x (and up) plus r
 statistics per row and runs about a third of the passes.
 
-PolyNorm, per row of n values, p_i = x**i, with c_i = w[r-i] * inv_i (per-row scalars):
+PolyNorm, per row of n values, on the scaled row q = x / s with s = max(max_j |x_j|, 1) and
+e_i = eps / s**(2i) (row scaling of `polycom.ops.reference`: the same formula exactly, no power can
+overflow; s = 1 for rows with max |x| <= 1, which then compute exactly as the unscaled formula),
+p_i = q**i, with c_i = w[r-i] * inv_i (per-row scalars):
 
-    inv_i = rsqrt(mean(p_i**2) + eps),  y = b + sum_i c_i p_i   (Horner in x)
+    inv_i = rsqrt(mean(p_i**2) + e_i),  y = b + sum_i c_i p_i   (Horner in q)
     D_i = sum_j g_j p_ij,  k_i = i c_i inv_i**2 D_i / n
-    dx = g * sum_i i c_i x**(i-1) - x * sum_i k_i x**(2i-2),    dw[r-i] = sum_rows inv_i D_i,  db = sum g
+    dx = (g * sum_i i c_i q**(i-1) - q * sum_i k_i q**(2i-2)) / s,    dw[r-i] = sum_rows inv_i D_i,  db = sum g
 
 PolyReLU, elementwise with q = relu(x):
 
@@ -17,7 +20,8 @@ PolyReLU, elementwise with q = relu(x):
 
 Gated forms: out = act(gate) * up, so d_up = g * act(gate) and the activation sees g * up.
 Everything is computed in `compute_dtype` (fp32; fp64 for fp64 input) and cast once. Signatures
-follow the kernel launchers: forward returns (y, inv_rms (..., r)) for PolyNorm; backward takes
+follow the kernel launchers: forward returns (y, stats (..., r + 1)) for PolyNorm (columns 0..r-1:
+inv_1..inv_r of the scaled row, column r: its scale s); backward takes
 ``needs = (dx, d_up, coefficients)`` and returns (dx, d_up or None, dweight, dbias), None for what
 is not needed.
 """
@@ -40,44 +44,57 @@ def _horner(coefficients: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return acc + coefficients[0] if len(coefficients) > 1 else acc
 
 
-def poly_norm_stats(xc: torch.Tensor, r: int, eps: float) -> torch.Tensor:
-    """inv_rms (..., r): rsqrt(mean(x**(2i), -1) + eps) for i = 1..r, in xc's (compute) dtype."""
-    x2 = xc * xc
-    even = x2  # x**(2i)
+def row_scale(xc: torch.Tensor) -> torch.Tensor:
+    """s = max(max_j |x_j|, 1) over the last dimension, (..., 1), in xc's dtype."""
+    return xc.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+
+
+def poly_norm_stats(qc: torch.Tensor, s: torch.Tensor, r: int, eps: float) -> torch.Tensor:
+    """(..., r + 1): rsqrt(mean(q**(2i), -1) + eps / s**(2i)) for i = 1..r, then s (q = x / s)."""
+    q2 = qc * qc
+    s2 = s * s
+    even, s_even = q2, s2  # q**(2i), s**(2i)
     stats = []
     for i in range(1, r + 1):
         if i > 1:
-            even = even * x2
-        stats.append(even.mean(dim=-1, keepdim=True))
-    return torch.rsqrt(torch.cat(stats, dim=-1) + eps)
+            even, s_even = even * q2, s_even * s2
+        stats.append(torch.rsqrt(even.mean(dim=-1, keepdim=True) + eps / s_even))
+    return torch.cat([*stats, s], dim=-1)
 
 
-def _poly_norm_values(xc, wc, bc, inv):
-    """y = b + sum_i w[r-i] inv_i x**i from saved statistics; returns (y, [c_1..c_r]) with c_i (..., 1)."""
+def _scaled(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """q = x / s in the compute dtype, s the last column of the saved statistics."""
+    return x.to(stats.dtype) / stats[..., -1:]
+
+
+def _poly_norm_values(qc, wc, bc, stats):
+    """y = b + sum_i w[r-i] inv_i q**i from saved statistics; returns (y, [c_1..c_r]) with c_i (..., 1)."""
     r = wc.numel()
-    c = [wc[r - i] * inv[..., i - 1 : i] for i in range(1, r + 1)]
-    return _horner([bc, *c], xc), c
+    c = [wc[r - i] * stats[..., i - 1 : i] for i in range(1, r + 1)]
+    return _horner([bc, *c], qc), c
 
 
 def poly_norm_forward(
     x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(PolyNorm(x) (* up) in x's dtype, inv_rms (..., r) in the compute dtype)."""
+    """(PolyNorm(x) (* up) in x's dtype, stats (..., r + 1) in the compute dtype: inv_1..inv_r, s)."""
     cd = compute_dtype(x.dtype)
     xc = x.to(cd)
-    inv = poly_norm_stats(xc, weight.numel(), eps)
-    y, _ = _poly_norm_values(xc, weight.to(cd), bias.to(cd), inv)
+    s = row_scale(xc)
+    qc = xc / s
+    stats = poly_norm_stats(qc, s, weight.numel(), eps)
+    y, _ = _poly_norm_values(qc, weight.to(cd), bias.to(cd), stats)
     if up is not None:
         y = y * up.to(cd)
-    return y.to(x.dtype), inv
+    return y.to(x.dtype), stats
 
 
 def poly_norm_from_stats(
-    x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, inv: torch.Tensor
+    x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, stats: torch.Tensor
 ) -> torch.Tensor:
-    """PolyNorm(x) (* up) recomputed from the saved inv_rms (no reductions), in x's dtype."""
-    cd = compute_dtype(x.dtype)
-    y, _ = _poly_norm_values(x.to(cd), weight.to(cd), bias.to(cd), inv)
+    """PolyNorm(x) (* up) recomputed from the saved statistics (no reductions), in x's dtype."""
+    cd = stats.dtype
+    y, _ = _poly_norm_values(_scaled(x, stats), weight.to(cd), bias.to(cd), stats)
     if up is not None:
         y = y * up.to(cd)
     return y.to(x.dtype)
@@ -89,30 +106,31 @@ def poly_norm_backward(
     up: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor,
-    inv: torch.Tensor,
+    stats: torch.Tensor,
     needs: Needs = ALL_GRADS,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(dx, d_up, dweight, dbias) of PolyNorm (gated when `up` is given) from x and the saved inv_rms."""
-    cd = compute_dtype(x.dtype)
-    xc, g, wc = x.to(cd), grad.to(cd), weight.to(cd)
+    """(dx, d_up, dweight, dbias) of PolyNorm (gated when `up` is given) from x and the saved statistics."""
+    cd = stats.dtype
+    qc, g, wc = _scaled(x, stats), grad.to(cd), weight.to(cd)
     r, n = wc.numel(), x.shape[-1]
+    inv, s = stats[..., :r], stats[..., r:]
     d_up = None
     if up is not None:
         if needs[1]:
-            y, _ = _poly_norm_values(xc, wc, bias.to(cd), inv)
+            y, _ = _poly_norm_values(qc, wc, bias.to(cd), stats)
             d_up = (g * y).to(up.dtype)
         g = g * up.to(cd)
     c = [wc[r - i] * inv[..., i - 1 : i] for i in range(1, r + 1)]
-    powers = [xc]
+    powers = [qc]
     for _ in range(1, r):
-        powers.append(powers[-1] * xc)
+        powers.append(powers[-1] * qc)
     dots = torch.cat([torch.linalg.vecdot(g, p).unsqueeze(-1) for p in powers], dim=-1)  # D_i (..., r)
     dx = None
     if needs[0]:
-        slope = _horner([i * c[i - 1] for i in range(1, r + 1)], xc)  # sum_i i c_i x**(i-1)
+        slope = _horner([i * c[i - 1] for i in range(1, r + 1)], qc)  # sum_i i c_i q**(i-1)
         k = [i * c[i - 1] * inv[..., i - 1 : i] ** 2 * dots[..., i - 1 : i] / n for i in range(1, r + 1)]
-        correction = _horner(k, powers[1]) if r > 1 else k[0].expand_as(xc)  # sum_i k_i x**(2i-2)
-        dx = torch.addcmul(g * slope, xc, correction, value=-1).to(x.dtype)
+        correction = _horner(k, powers[1]) if r > 1 else k[0].expand_as(qc)  # sum_i k_i q**(2i-2)
+        dx = (torch.addcmul(g * slope, qc, correction, value=-1) / s).to(x.dtype)
     dweight = dbias = None
     if needs[2]:
         per_power = (inv * dots).reshape(-1, r).sum(dim=0)  # index i-1 -> dL/dw[r-i]

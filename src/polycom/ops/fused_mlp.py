@@ -5,7 +5,7 @@ Gated:  g = x W_gate^T (+ b_gate), u = x W_up^T (+ b_up),  a = act(g) * u,  y = 
 
 x (..., d); W_up, W_gate (h, d); W_down (d, h); act in {polynorm, polyrelu, swiglu} (the last gated only).
 
-Saved for backward: x, h (gated: g and u), the weights, and for PolyNorm its r statistics per row
+Saved for backward: x, h (gated: g and u), the weights, and for PolyNorm its r + 1 statistics per row
 (fp32; fp64 for fp64 input). The activation output a is never kept: backward recomputes it from h
 (elementwise, cheap) for the down projection's weight gradient. Per token that is d + h values
 (gated d + 2h) instead of d + 2h (d + 3h) with a separately saved activation output, or far more
@@ -43,7 +43,7 @@ def _triton_ops():
 
 
 def activation_forward(kind: str, h, up, weight, bias, eps: float):
-    """(a, stats or None): act(h) (* up); stats is PolyNorm's (..., r) inv_rms (Triton: (rows, r))."""
+    """(a, stats or None): act(h) (* up); stats is PolyNorm's (..., r + 1) [inv_rms, row scale] (Triton: (rows, r + 1))."""
     if kind == "swiglu":
         return compiled(closed_form.swiglu_forward)(h, up), None
     triton = backend_for(h) == "triton"
