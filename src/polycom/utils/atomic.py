@@ -14,7 +14,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
@@ -48,6 +49,21 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~current_umask())
     return fd, tmp
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield (fd, name) of a temp file beside `path` to fill and fsync; a clean exit moves it over `path`
+    (and fsyncs the folder), an error removes it and leaves `path` as it was."""
+    fd, tmp = _temp_beside(path)
+    try:
+        yield fd, tmp
+        os.replace(tmp, path)
+        fsync_folder(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -97,18 +113,10 @@ def to_jsonable(obj):
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically; returns the path."""
     path = Path(path)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _replacing(path) as (fd, _), os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
     return path
 
 
@@ -137,17 +145,11 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 130, **savefig_kwargs) 
 
     path = Path(path)
     savefig_kwargs.setdefault("bbox_inches", "tight")
-    fd, tmp = _temp_beside(path)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
-        fsync_file(tmp)
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with _replacing(path) as (fd, tmp):
+            os.close(fd)
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+            fsync_file(tmp)
     finally:
         plt.close(fig)
     return path
