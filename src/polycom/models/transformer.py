@@ -24,6 +24,7 @@ from torch import nn
 
 from polycom.models.attention import Attention, KVCache
 from polycom.models.config import ModelConfig
+from polycom.models.generation import generate as _generate
 from polycom.models.layers import RMSNorm, rope_tables
 from polycom.models.moe import MoEMLP, RouterStats
 from polycom.modules.mlp import MLP, gated_hidden_size
@@ -229,23 +230,8 @@ class PolyComLM(nn.Module):
             dtype=dtype,
         )
 
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        eos_id: int | None = None,
-        use_cache: bool = True,
-    ) -> torch.Tensor:
-        """Sample continuations; see `polycom.models.generation.generate`."""
-        from polycom.models.generation import generate
-
-        return generate(
-            self, input_ids, max_new_tokens, temperature, top_k, generator, eos_id=eos_id, use_cache=use_cache
-        )
+    # sampling lives in polycom.models.generation; as a method, `model.generate(input_ids, max_new_tokens, ...)`
+    generate = _generate
 
 
 def _init_normal(weight: torch.Tensor, std: float, truncation: float) -> None:
