@@ -123,10 +123,10 @@ def _load_run(
 
 
 def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype | None, trust_remote_code: bool) -> EvalModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import polycom.hf  # noqa: F401  (Auto registration of model_type "polycom" and the activation names)
-    from polycom.hf.persistence import CONVERSION_KEY, load_converted
+    from polycom.hf.persistence import CONVERSION_KEY, load_converted, read_folder_config
     from polycom.hf.quiet import quiet_transformers
     from polycom.utils.hf_folders import hf_load_kwargs, refusing_unsafe_content
 
@@ -138,13 +138,7 @@ def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype | None, trus
             "(`polycom export` writes them; for another model copy its tokenizer files into the folder)"
         )
     load_kwargs = hf_load_kwargs(trust_remote_code)
-    try:
-        with refusing_unsafe_content(folder):
-            config = AutoConfig.from_pretrained(str(folder), **load_kwargs)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"{folder}/config.json is not a transformers config: {exc}") from None
+    config = read_folder_config(folder, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     with refusing_unsafe_content(folder), quiet_transformers():  # no bars for a local folder; warnings stay
         if getattr(config, CONVERSION_KEY, None):

@@ -26,7 +26,7 @@ from polycom.utils.atomic import replace_folder, temp_folder_beside
 from polycom.utils.hf_folders import hf_load_kwargs, refusing_unsafe_content
 from polycom.utils.owned_outputs import check_overwritable, mark_output
 
-__all__ = ["CONVERSION_KEY", "load_converted", "load_model_folder", "save_converted"]
+__all__ = ["CONVERSION_KEY", "load_converted", "load_model_folder", "read_folder_config", "save_converted"]
 
 
 def load_converted(
@@ -95,13 +95,28 @@ def load_converted(
 # folders (CLI helpers)
 
 
+def read_folder_config(folder: Path, *, trust_remote_code: bool = False):
+    """The transformers config of the local model folder `folder` (config.json present); a UserError
+    naming the folder when config.json is not a transformers config. Code from the folder runs only
+    with `trust_remote_code`; pickle content is refused (`polycom.utils.hf_folders`)."""
+    from transformers import AutoConfig
+
+    try:
+        with refusing_unsafe_content(folder):
+            return AutoConfig.from_pretrained(str(folder), **hf_load_kwargs(trust_remote_code))
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{folder}/config.json is not a transformers config: {exc}") from None
+
+
 def load_model_folder(path: str | Path, *, trust_remote_code: bool = False):
     """(model, tokenizer | None) from a local Hugging Face causal-LM folder; clear errors for non-model folders.
 
     Code from the folder runs only with `trust_remote_code`; pickle weights that need more than tensors
     are refused (`polycom.utils.hf_folders`).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -109,13 +124,7 @@ def load_model_folder(path: str | Path, *, trust_remote_code: bool = False):
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
     load_kwargs = hf_load_kwargs(trust_remote_code)
-    try:
-        with refusing_unsafe_content(folder):
-            config = AutoConfig.from_pretrained(str(folder), **load_kwargs)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"{folder}/config.json is not a transformers config: {exc}") from None
+    config = read_folder_config(folder, trust_remote_code=trust_remote_code)
     if getattr(config, CONVERSION_KEY, None):
         model = load_converted(folder, trust_remote_code=trust_remote_code)
     else:
