@@ -24,6 +24,7 @@ from pathlib import Path
 
 from polycom.train.cli_overrides import enable_overrides
 from polycom.train.threads import THREADS_HELP
+from polycom.utils.progress import DeferredProgress
 
 
 def register(subparsers) -> None:
@@ -147,46 +148,27 @@ def _f(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-class _Progress:
-    def __init__(self, steps: int, enabled: bool) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+class _Progress(DeferredProgress):
+    """One bar over the run's steps; starts at the first logged step (`polycom.utils.progress`)."""
 
-        self.progress = Progress(
+    def __init__(self, steps: int, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+        super().__init__(
             TextColumn("training"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not enabled,
+            enabled=enabled,
         )
         self.task = self.progress.add_task("train", total=steps, info="")
-        self.val = None
-        self.started = False
-
-    # The bar starts at the first logged step, not on entry: a run refused during its checks (bad
-    # folder, bad checkpoint, bad data) prints its error without an empty bar flashing before it.
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.started:
-            self.progress.stop()
-        return False
 
     def on_event(self, record: dict) -> None:
-        if not self.started:
-            self.progress.start()
-            self.started = True
+        self.start()
         if record.get("skipped_step"):
-            self.progress.console.print(
+            self.console.print(
                 f"step {record['step']}: non-finite loss or gradient norm ({record['grad_norm']}): step skipped "
                 f"({record['skipped_steps']} so far)"
             )
-        if "val_loss" in record:
-            self.val = record["val_loss"]
-        info = f"loss {record['loss']:.3f}" if "loss" in record else ""
-        if self.val is not None:
-            info += f"  val {self.val:.3f}"
-        self.progress.update(self.task, completed=record.get("step", 0), info=info)
+        self.progress.update(self.task, completed=record.get("step", 0), info=self.loss_info(record))
