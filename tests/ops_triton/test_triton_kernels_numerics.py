@@ -362,7 +362,7 @@ def test_65536_wide_rows_default_looped_path():
 
 @pytest.mark.parametrize("op,gated", [("polynorm", False), ("polynorm", True), ("polyrelu", False), ("polyrelu", True)])
 def test_forward_keeps_only_inputs_and_r_floats_per_row(op, gated):
-    """Memory rule: autograd saves x (and up), the coefficients and, for PolyNorm, r fp32 values
+    """Memory rule: autograd saves x (and up), the coefficients and, for PolyNorm, r + 1 fp32 values
     per row; nothing else (no powers, no normalised terms)."""
     r, shape = 3, (4, 5, 48)
     x = torch.randn(shape, dtype=torch.bfloat16, requires_grad=True)
@@ -379,8 +379,8 @@ def test_forward_keeps_only_inputs_and_r_floats_per_row(op, gated):
         y = PUBLIC[(op, gated)](x, up, w, b)
     extra = [t for t in saved if not any(t is s for s in (x, up, w, b))]
     rows = x.numel() // shape[-1]
-    if op == "polynorm":
-        assert len(extra) == 1 and extra[0].shape == (rows, r) and extra[0].dtype == torch.float32
+    if op == "polynorm":  # r inverse RMS values and the row scale s
+        assert len(extra) == 1 and extra[0].shape == (rows, r + 1) and extra[0].dtype == torch.float32
     else:
         assert extra == []
     inputs_saved = [t for t in saved if any(t is s for s in (x, up))]
@@ -501,3 +501,75 @@ def test_fp64_forward_and_grads_match_fp64():
     x, up, w, b, dy = _inputs((3, 300), torch.float64, 3, True)
     ours = check_against_fp64("polynorm", True, x, up, w, b, dy)
     assert ours[0].dtype == torch.float64
+
+
+# ------------------------------------------------------------------------------ rows with large entries
+
+
+KERNEL_PATHS = {  # (tiling limits, what the path is)
+    "v1_single_tile": dict(variant=1),
+    "v1_column_loop": dict(
+        max_single_tile_fwd=256, max_single_tile_bwd=256, loop_tile_fwd=128, loop_tile_bwd=128, l2_budget_bytes=1,
+        variant=1,
+    ),
+    "v2_single_tile": dict(variant=2),
+    "v2_split_rows": dict(variant=2, **SPLIT_TILES),
+}  # fmt: skip
+
+
+def _large_rows(n, scale, dtype):
+    """Rows of N(0, scale**2) with the largest entry in different column tiles / chunks per row (so a
+    column loop raises its running scale mid-row and split chunks have different scales), one ordinary row."""
+    x = torch.randn(5, n) * scale
+    for row, col in enumerate((0, n // 3, n - 1, n // 2)):
+        x[row, col] = 8.0 * scale
+    x[4] = torch.randn(n)
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("path", sorted(KERNEL_PATHS))
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+def test_constant_row_of_1e7_gives_sum_of_weights_plus_bias(monkeypatch, path, gated):
+    monkeypatch.setattr(config, "TILING", config.TilingLimits(**KERNEL_PATHS[path]))
+    x = torch.full((3, 1000), 1.0e7)
+    up = torch.full((3, 1000), 2.0) if gated else None
+    w, b = torch.tensor([0.7, -0.4, 1.3]), torch.tensor([0.25])
+    y, stats = launch.poly_norm_forward(x, up, w, b, EPS)
+    expected = float(w.sum() + b) * (2.0 if gated else 1.0)
+    torch.testing.assert_close(y, torch.full_like(y, expected), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(stats[:, 3], torch.full((3,), 1.0e7), rtol=0, atol=0)  # the saved row scale
+
+
+@pytest.mark.parametrize("path", sorted(KERNEL_PATHS))
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("scale", [1e-7, 1e7])
+def test_scaled_rows_match_fp64_with_gradients(monkeypatch, path, gated, scale):
+    monkeypatch.setattr(config, "TILING", config.TilingLimits(**KERNEL_PATHS[path]))
+    torch.manual_seed(7)
+    x = _large_rows(1000, scale, torch.float32)
+    up = torch.randn(x.shape) if gated else None
+    w, b, dy = torch.randn(3) * 0.5 + 0.3, torch.randn(1), torch.randn(x.shape)
+    ours = check_against_fp64("polynorm", gated, x, up, w, b, dy)
+    assert all(torch.isfinite(t).all() for t in ours if t is not None)
+
+
+@pytest.mark.parametrize("path", ["v1_column_loop", "v2_split_rows"])
+def test_scaled_rows_fp64_and_bf16(monkeypatch, path):
+    monkeypatch.setattr(config, "TILING", config.TilingLimits(**KERNEL_PATHS[path]))
+    torch.manual_seed(8)
+    for dtype in (torch.float64, torch.bfloat16):
+        x = _large_rows(600, 1e15 if dtype == torch.float64 else 1e7, dtype)
+        up, w, b, dy = torch.randn(x.shape).to(dtype), torch.randn(5) * 0.5 + 0.3, torch.randn(1), torch.randn(x.shape)
+        check_against_fp64("polynorm", True, x, up, w, b, dy.to(dtype))
+
+
+@pytest.mark.parametrize("path", sorted(KERNEL_PATHS))
+def test_rows_within_one_keep_the_unscaled_statistics(monkeypatch, path):
+    """s = 1 for rows with max |x| <= 1: the saved scale is exactly 1 and the statistics are the unscaled ones."""
+    monkeypatch.setattr(config, "TILING", config.TilingLimits(**KERNEL_PATHS[path]))
+    x = torch.rand(4, 700) * 2 - 1
+    _, stats = launch.poly_norm_forward(x, None, torch.randn(3), torch.randn(1), EPS)
+    assert torch.equal(stats[:, 3], torch.ones(4))
+    x64 = x.double()
+    unscaled = torch.stack([torch.rsqrt((x64 ** (2 * i)).mean(-1) + EPS) for i in (1, 2, 3)], dim=-1)
+    torch.testing.assert_close(stats[:, :3].double(), unscaled, rtol=2e-6, atol=0)

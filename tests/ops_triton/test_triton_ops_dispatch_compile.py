@@ -52,7 +52,7 @@ def test_fake_kernels_give_fp32_statistics_for_half_inputs():
         x = torch.empty(4, 6, 10, dtype=torch.bfloat16)
         y, rstd = ops.poly_norm_fwd(x, None, torch.empty(3), torch.empty(1), 1e-6)
     assert y.shape == x.shape and y.dtype == torch.bfloat16
-    assert rstd.shape == (24, 3) and rstd.dtype == torch.float32
+    assert rstd.shape == (24, 4) and rstd.dtype == torch.float32  # r inverse RMS values and the row scale
 
 
 # ------------------------------------------------------------------------------ torch.compile

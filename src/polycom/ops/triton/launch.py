@@ -46,12 +46,13 @@ def _v2() -> bool:
 def poly_norm_forward(
     x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, rstd): y = PolyNorm(x) (* up) shaped like x; rstd (M, r) fp32 (fp64 for fp64 x) row statistics."""
+    """(y, rstd): y = PolyNorm(x) (* up) shaped like x; rstd (M, r + 1) fp32 (fp64 for fp64 x) row statistics:
+    rho_1 .. rho_r of the scaled row, then its scale s (see `polynorm_kernels`)."""
     weight, bias = coefficients_on(x, weight, bias)
     x2 = as_rows(x)
     m, n = x2.shape
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    rstd = torch.empty((m, weight.numel()), dtype=compute_dtype(x.dtype), device=x.device)
+    rstd = torch.empty((m, weight.numel() + 1), dtype=compute_dtype(x.dtype), device=x.device)
     if m == 0:
         return y, rstd
     up2 = as_rows(up) if up is not None else x2

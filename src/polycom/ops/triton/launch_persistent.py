@@ -69,8 +69,8 @@ def poly_norm_forward(x2, up2, y2, weight, bias, rstd, eps: float, gated: bool) 
     """Variant 2 forward into y2 / rstd; False when the row split cannot be scheduled (use variant 1)."""
     m, n = x2.shape
     r = weight.numel()
-    rp = triton.next_power_of_2(r)
     plan = config.persistent_row_launch(m, n, backward=False)
+    rp = triton.next_power_of_2(r + 1 if plan.split > 1 else r)  # split rows: column r carries the chunk's scale
     scratch, count = _split_scratch(plan, m, rp, rstd.dtype, x2.device)
     args = (x2, up2, y2, weight, bias, rstd, scratch, count, m, n, x2.stride(0), up2.stride(0), y2.stride(0), eps)
     kwargs = dict(R=r, RP=rp, GATED=gated, ACC=tl_acc(x2.dtype))

@@ -7,8 +7,9 @@ Triton) and AOTAutograd, and lets `torch.library.opcheck` verify the registratio
 Ops (``up`` is None for the plain forms; ``d_up`` is then an empty tensor, since a custom op cannot
 return None):
 
-- ``polycom::poly_norm_fwd(x, up, weight, bias, eps) -> (y, rstd)``: rstd (M, r) fp32 row statistics
-  rsqrt(mean(x**(2i)) + eps), saved for the backward (the only state kept besides x and up);
+- ``polycom::poly_norm_fwd(x, up, weight, bias, eps) -> (y, rstd)``: rstd (M, r + 1) fp32 row statistics
+  rsqrt(mean(q**(2i)) + eps / s**(2i)) of the scaled row q = x / s and s = max(max|x|, 1), saved for the
+  backward (the only state kept besides x and up);
 - ``polycom::poly_norm_bwd(grad, x, up, weight, bias, rstd, needs=None) -> (dx, d_up, dweight, dbias)``;
 - ``polycom::poly_relu_fwd(x, up, weight, bias) -> y``;
 - ``polycom::poly_relu_bwd(grad, x, up, weight, bias, needs=None) -> (dx, d_up, dweight, dbias)``.
@@ -80,7 +81,7 @@ def poly_norm_fwd(x: Tensor, up: Tensor | None, weight: Tensor, bias: Tensor, ep
 
 @poly_norm_fwd.register_fake
 def _poly_norm_fwd_fake(x, up, weight, bias, eps):
-    rstd = x.new_empty((_rows(x), weight.shape[0]), dtype=compute_dtype(x.dtype))
+    rstd = x.new_empty((_rows(x), weight.shape[0] + 1), dtype=compute_dtype(x.dtype))
     return x.new_empty(x.shape), rstd
 
 

@@ -1,16 +1,23 @@
 """Triton kernels for PolyNorm (plain and gated), forward and backward.
 
-Notation (r = order, powers i = 1..r, one row of n values x):
+Notation (r = order, powers i = 1..r, one row of n values x). Every term is evaluated on the scaled
+row q = x / s, s = max(max_j |x_j|, 1), with e_i = eps / s**(2i) in place of eps (the row scaling of
+`polycom.ops.reference`: the same formula exactly, and no power of |q| <= 1 can overflow; rows with
+max |x| <= 1 have s = 1 and compute exactly as the unscaled formula):
 
-    m_i   = mean(x**(2i))                      (fp32 row statistics, all r in ONE pass over x)
-    rho_i = rsqrt(m_i + eps)                   (saved for the backward: r fp32 values per row)
+    m_i   = mean(q**(2i))                      (fp32 row statistics, all r in ONE pass over x)
+    rho_i = rsqrt(m_i + e_i)                   (saved for the backward with s: r + 1 fp32 values per row)
     c_i   = weight[r-i] * rho_i
-    y     = bias + sum_i c_i x**i              (Horner: no power tensor is materialised)
+    y     = bias + sum_i c_i q**i              (Horner: no power tensor is materialised)
     gated: out = y * up
 
-Backward, with g = dy (plain) or g = dy * up (gated) and the row dots S_i = sum(g * x**i):
+s is one more reduction (max |x|) over the tile already loaded for the sums; a row read in column
+tiles keeps a running scale m and rescales its sums by (m / m_new)**(2i) when a tile raises it.
 
-    dx        = g * sum_i i c_i x**(i-1)  -  x * sum_i k_i x**(2(i-1)),   k_i = i c_i rho_i**2 S_i / n
+Backward, with g = dy (plain) or g = dy * up (gated), s from the saved statistics and the row dots
+S_i = sum(g * q**i):
+
+    dx        = (g * sum_i i c_i q**(i-1)  -  q * sum_i k_i q**(2(i-1))) / s,   k_i = i c_i rho_i**2 S_i / n
     dweight[r-i] = sum over rows of rho_i S_i,     dbias = sum of g,      d_up = dy * y
 
 Column j (0-based) of the small per-row matrices [BLOCK_M, RP] holds power i = j + 1; RP is r rounded
@@ -40,6 +47,25 @@ def _inv_sqrt(v, ACC: tl.constexpr):
 def _column(mat, ridx, j: tl.constexpr):
     """Column j of a [BLOCK_M, RP] matrix as a [BLOCK_M, 1] tensor (select, so padded NaN/inf never leak)."""
     return tl.sum(tl.where(ridx == j, mat, 0.0), axis=1)[:, None]
+
+
+@triton.jit
+def _row_scale(x, floor):
+    """max(max_j |x_j| over the tile, floor) per row, [BLOCK_M, 1] (floor 1: the scale s of a whole row)."""
+    return tl.maximum(tl.max(tl.abs(x), axis=1)[:, None], floor)
+
+
+@triton.jit
+def _even_powers(ratio, ridx, R: tl.constexpr):
+    """[rows, RP] with column j = ratio**(2(j+1)) for j < R (1 beyond); ratio is [rows, 1]."""
+    r2 = ratio * ratio
+    p = r2
+    out = tl.zeros_like(ridx.to(ratio.dtype)) + (tl.zeros_like(r2) + 1.0)  # ones, [rows, RP]
+    for j in tl.static_range(R):
+        if j > 0:
+            p = p * r2
+        out = tl.where(ridx == j, p, out)
+    return out
 
 
 @triton.jit
@@ -93,6 +119,21 @@ def _row_weights(w_ptr, ridx, R: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def _store_stats(rstd_ptr, rows64, row_ok, ridx, rstd, s, R: tl.constexpr):
+    """Saved statistics of a row block: [rows, R + 1] = rho_1 .. rho_R, then s."""
+    tl.store(rstd_ptr + rows64 * (R + 1) + ridx, rstd, mask=row_ok[:, None] & (ridx < R))
+    tl.store(rstd_ptr + rows64 * (R + 1) + R, s, mask=row_ok[:, None])
+
+
+@triton.jit
+def _load_stats(rstd_ptr, rows64, row_ok, ridx, R: tl.constexpr, ACC: tl.constexpr):
+    """(rho [rows, RP] (zero padding), s [rows, 1]) saved by `_store_stats`."""
+    rstd = tl.load(rstd_ptr + rows64 * (R + 1) + ridx, mask=row_ok[:, None] & (ridx < R), other=0.0).to(ACC)
+    s = tl.load(rstd_ptr + rows64 * (R + 1) + R, mask=row_ok[:, None], other=1.0).to(ACC)
+    return rstd, s
+
+
+@triton.jit
 def _fwd_rows(
     block, x_ptr, up_ptr, y_ptr, rstd_ptr, w, b, eps, M, N, stride_x, stride_up, stride_y,
     R: tl.constexpr, RP: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -111,28 +152,34 @@ def _fwd_rows(
     if SINGLE_TILE:  # the whole row is one register tile: x is read once
         mask = row_ok[:, None] & (cols < N)
         x = tl.load(x_rows + cols, mask=mask, other=0.0).to(ACC)
-        sums = _add_even_power_sums(sums, x, ridx, R)
-        rstd = _inv_sqrt(sums / N + eps, ACC)
+        s = _row_scale(x, 1.0)
+        q = x * (1.0 / s)
+        sums = _add_even_power_sums(sums, q, ridx, R)
+        rstd = _inv_sqrt(sums / N + eps * _even_powers(1.0 / s, ridx, R), ACC)
         coef = rstd * w
-        y = _poly(x, coef, ridx, b, R)
+        y = _poly(q, coef, ridx, b, R)
         if GATED:
             y = y * tl.load(up_rows + cols, mask=mask, other=0.0).to(ACC)
         tl.store(y_rows + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
-    else:  # column tiles: pass 1 = all r sums, pass 2 = output (re-reads x, from L2)
+    else:  # column tiles: pass 1 = all r sums (running scale s), pass 2 = output (re-reads x, from L2)
+        s = tl.full((BLOCK_M, 1), 1.0, ACC)
         for start in range(0, N, BLOCK_N):
             mask = row_ok[:, None] & (start + cols < N)
             x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
-            sums = _add_even_power_sums(sums, x, ridx, R)
-        rstd = _inv_sqrt(sums / N + eps, ACC)
+            s_new = _row_scale(x, s)
+            sums = sums * _even_powers(s / s_new, ridx, R)  # exactly 1 while the scale does not grow
+            sums = _add_even_power_sums(sums, x * (1.0 / s_new), ridx, R)
+            s = s_new
+        rstd = _inv_sqrt(sums / N + eps * _even_powers(1.0 / s, ridx, R), ACC)
         coef = rstd * w
         for start in range(0, N, BLOCK_N):
             mask = row_ok[:, None] & (start + cols < N)
             x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
-            y = _poly(x, coef, ridx, b, R)
+            y = _poly(x * (1.0 / s), coef, ridx, b, R)
             if GATED:
                 y = y * tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
             tl.store(y_rows + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(rstd_ptr + rows64 * R + ridx, rstd, mask=row_ok[:, None] & (ridx < R))
+    _store_stats(rstd_ptr, rows64, row_ok, ridx, rstd, s, R)
 
 
 @triton.jit
@@ -157,7 +204,7 @@ def poly_norm_fwd_kernel(
     SINGLE_TILE: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """y[row] = PolyNorm(x[row]) (* up[row] if GATED); rstd[row, j] = rho_{j+1} (fp32, or fp64 for fp64).
+    """y[row] = PolyNorm(x[row]) (* up[row] if GATED); rstd[row, j] = rho_{j+1}, rstd[row, R] = s (fp32, or fp64 for fp64).
 
     Single-tile rows: one block of rows per program. Looped (wide) rows: a persistent grid, program p
     handles the row blocks p, p + P, ... (P = grid size, capped by the launcher so that the rows in
@@ -198,14 +245,15 @@ def _bwd_rows(
     up_rows = up_ptr + rows64 * stride_up
     dx_rows = dx_ptr + rows64 * stride_dx
     dup_rows = dup_ptr + rows64 * stride_dup
-    rstd = tl.load(rstd_ptr + rows64 * R + ridx, mask=row_ok[:, None] & (ridx < R), other=0.0).to(ACC)
+    rstd, s = _load_stats(rstd_ptr, rows64, row_ok, ridx, R, ACC)
+    inv_s = 1.0 / s
     coef = rstd * w
     dcoef = (ridx + 1).to(ACC) * coef
     dots = tl.zeros((BLOCK_M, RP), dtype=ACC)
     gsum = tl.zeros((BLOCK_M,), dtype=ACC)
     if SINGLE_TILE:
         mask = row_ok[:, None] & (cols < N)
-        x = tl.load(x_rows + cols, mask=mask, other=0.0).to(ACC)
+        x = tl.load(x_rows + cols, mask=mask, other=0.0).to(ACC) * inv_s
         dy = tl.load(dy_rows + cols, mask=mask, other=0.0).to(ACC)
         if GATED:
             up = tl.load(up_rows + cols, mask=mask, other=0.0).to(ACC)
@@ -215,7 +263,7 @@ def _bwd_rows(
         dots = _add_dot_sums(dots, g, x, ridx, R)
         gsum += tl.sum(g, axis=1)
         kcoef = dcoef * rstd * rstd * dots / N
-        dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
+        dx = _poly_dx(x, g, dcoef, kcoef, ridx, R) * inv_s
         tl.store(dx_rows + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if GATED:
             dup = dy * _poly(x, coef, ridx, b, R)
@@ -223,7 +271,7 @@ def _bwd_rows(
     else:  # pass 1: row dots S_j and sum g; pass 2: dx (and d_up), re-reading x, dy, up from L2
         for start in range(0, N, BLOCK_N):
             mask = row_ok[:, None] & (start + cols < N)
-            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC) * inv_s
             g = tl.load(dy_rows + start + cols, mask=mask, other=0.0).to(ACC)
             if GATED:
                 g = g * tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
@@ -232,14 +280,14 @@ def _bwd_rows(
         kcoef = dcoef * rstd * rstd * dots / N
         for start in range(0, N, BLOCK_N):
             mask = row_ok[:, None] & (start + cols < N)
-            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC)
+            x = tl.load(x_rows + start + cols, mask=mask, other=0.0).to(ACC) * inv_s
             dy = tl.load(dy_rows + start + cols, mask=mask, other=0.0).to(ACC)
             if GATED:
                 up = tl.load(up_rows + start + cols, mask=mask, other=0.0).to(ACC)
                 g = dy * up
             else:
                 g = dy
-            dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
+            dx = _poly_dx(x, g, dcoef, kcoef, ridx, R) * inv_s
             tl.store(dx_rows + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
             if GATED:
                 dup = dy * _poly(x, coef, ridx, b, R)

@@ -20,6 +20,12 @@ Same formulas as `polynorm_kernels` (see there); what differs is the schedule:
   Triton's pipeliner does not handle, so split rows prefetch the next row block's tiles into registers
   by hand (issued before the current block's reduction and wait).
 
+Row scaling (see `polynorm_kernels`): the forward takes s = max(max|x|, 1) over the tile it already
+holds. A split row's chunk k sums the powers of x / t_k with its own scale t_k and publishes t_k with
+its sums (column R of the scratch row, so the forward's RP >= R + 1 when split); the combine takes
+s = max_k t_k and sum_k partial_k * (t_k / s)**(2i), one exchange as before, exact when no t_k
+exceeds 1. The backward reads s from the saved statistics, so its dots need no rescaling.
+
 Coefficient-gradient partials: one fp32 row per program (chunk 0 of a split row counts the row once),
 summed by `partials_kernel` in a fixed order.
 """
@@ -29,7 +35,18 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from polycom.ops.triton.polynorm_kernels import _add_even_power_sums, _inv_sqrt, _poly, _poly_dx, _row_weights
+from polycom.ops.triton.polynorm_kernels import (
+    _add_even_power_sums,
+    _column,
+    _even_powers,
+    _inv_sqrt,
+    _load_stats,
+    _poly,
+    _poly_dx,
+    _row_scale,
+    _row_weights,
+    _store_stats,
+)
 
 
 @triton.jit
@@ -44,12 +61,12 @@ def _add_dot_and_g_sums(dots, g, x, ridx, R: tl.constexpr):
 
 
 @triton.jit
-def _combine_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx,
-                    SPLIT: tl.constexpr, SPLIT_P: tl.constexpr, RP: tl.constexpr, PHASE: tl.constexpr):  # fmt: skip
-    """Row sums of a split row (BLOCK_M = 1): publish this chunk's [1, RP] sums, meet the other chunks, and
-    return the sum over chunks 0..SPLIT-1 (scratch layout [M, SPLIT, RP], fp32/fp64). The SPLIT partials
-    are loaded as one [SPLIT_P, RP] tile and reduced by one tl.sum: the same compiled reduction order in
-    every chunk's program, so every chunk gets bit-identical row sums (deterministic, no atomics on data)."""
+def _exchange_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx,
+                     SPLIT: tl.constexpr, SPLIT_P: tl.constexpr, RP: tl.constexpr, PHASE: tl.constexpr):  # fmt: skip
+    """Partials of a split row (BLOCK_M = 1): publish this chunk's [1, RP] sums, meet the other chunks, and
+    return all SPLIT partials as one [SPLIT_P, RP] tile (scratch layout [M, SPLIT, RP], fp32/fp64; padded
+    chunks and PHASE 0 give zeros). Callers reduce the tile by one tl.sum: the same compiled reduction order
+    in every chunk's program, so every chunk gets bit-identical row sums (deterministic, no atomics on data)."""
     row = scratch_ptr + rows64 * (SPLIT * RP)
     if PHASE != 1:
         tl.store(row + chunk * RP + ridx, sums, mask=row_ok[:, None])
@@ -59,12 +76,31 @@ def _combine_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, 
         arrived = tl.atomic_add(count_ptr + block, 0, sem="acquire", scope="gpu")
         while arrived < SPLIT:
             arrived = tl.atomic_add(count_ptr + block, 0, sem="acquire", scope="gpu")
-    total = tl.zeros_like(sums)
+    sidx = tl.arange(0, SPLIT_P)[:, None]
+    partials = tl.zeros((SPLIT_P, RP), dtype=sums.dtype)
     if PHASE != 0:
-        sidx = tl.arange(0, SPLIT_P)[:, None]
-        partials = tl.load(row + sidx * RP + ridx, mask=(sidx < SPLIT) & row_ok[:, None], other=0.0, volatile=True)
-        total += tl.sum(partials, axis=0)[None, :]
-    return total
+        partials += tl.load(row + sidx * RP + ridx, mask=(sidx < SPLIT) & row_ok[:, None], other=0.0, volatile=True)
+    return partials
+
+
+@triton.jit
+def _combine_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx,
+                    SPLIT: tl.constexpr, SPLIT_P: tl.constexpr, RP: tl.constexpr, PHASE: tl.constexpr):  # fmt: skip
+    """Row sums of a split row: the sum of the chunks' partials (`_exchange_chunks`)."""
+    partials = _exchange_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, SPLIT_P, RP, PHASE)
+    return tl.sum(partials, axis=0)[None, :]
+
+
+@triton.jit
+def _combine_scaled_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, R: tl.constexpr,
+                           SPLIT: tl.constexpr, SPLIT_P: tl.constexpr, RP: tl.constexpr, PHASE: tl.constexpr):  # fmt: skip
+    """(power sums of x / s [1, RP], s [1, 1]) of a split row whose chunks carry their scale t_k in column R:
+    s = max_k t_k, sums = sum_k partial_k * (t_k / s)**(2i) (padded chunks: t = 0, weight 0)."""
+    partials = _exchange_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, SPLIT_P, RP, PHASE)
+    scales = _column(partials, ridx, R)  # [SPLIT_P, 1]
+    s = tl.maximum(tl.max(scales, axis=0)[None, :], 1.0)  # [1, 1]
+    total = tl.sum(partials * _even_powers(scales / s, ridx, R), axis=0)[None, :]
+    return tl.where(ridx < R, total, 0.0), s
 
 
 @triton.jit
@@ -80,7 +116,8 @@ def poly_norm_fwd_persistent_kernel(
     R: tl.constexpr, RP: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, SPLIT_P: tl.constexpr, PHASE: tl.constexpr, NUM_STAGES: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
-    """y = PolyNorm(x) (* up), rstd[row, j] = rho_{j+1}; persistent over row blocks, rows split in SPLIT chunks."""
+    """y = PolyNorm(x) (* up), rstd[row, j] = rho_{j+1}, rstd[row, R] = s; persistent over row blocks, rows split
+    in SPLIT chunks (RP >= R + 1 when SPLIT > 1: column R carries the chunk's scale)."""
     pid = tl.program_id(0)
     chunk = pid % SPLIT
     lanes = tl.num_programs(0) // SPLIT
@@ -102,19 +139,21 @@ def poly_norm_fwd_persistent_kernel(
         else:
             x = tl.load(x_ptr + rows64 * stride_x + cols, mask=mask, other=0.0).to(ACC)
         sums = tl.zeros((BLOCK_M, RP), dtype=ACC)
+        s = _row_scale(x, 1.0)  # this chunk's scale t_k when split
         if PHASE != 1:
-            sums = _add_even_power_sums(sums, x, ridx, R)
+            sums = _add_even_power_sums(sums, x * (1.0 / s), ridx, R)
         if SPLIT > 1:
-            sums = _combine_chunks(
-                sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, SPLIT_P, RP, PHASE
-            )
+            sums, s = _combine_scaled_chunks(
+                tl.where(ridx == R, s, sums), scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, R,
+                SPLIT, SPLIT_P, RP, PHASE,
+            )  # fmt: skip
         if PHASE != 0:
-            rstd = _inv_sqrt(sums / N + eps_acc, ACC)
-            y = _poly(x, rstd * w, ridx, b, R)
+            rstd = _inv_sqrt(sums / N + eps_acc * _even_powers(1.0 / s, ridx, R), ACC)
+            y = _poly(x * (1.0 / s), rstd * w, ridx, b, R)
             if GATED:
                 y = y * tl.load(up_ptr + rows64 * stride_up + cols, mask=mask, other=0.0).to(ACC)
             tl.store(y_ptr + rows64 * stride_y + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
-            tl.store(rstd_ptr + rows64 * R + ridx, rstd, mask=row_ok[:, None] & (ridx + chunk * RP < R))  # chunk 0 only
+            _store_stats(rstd_ptr, rows64, row_ok & (rows * 0 + chunk == 0), ridx, rstd, s, R)  # chunk 0 only
 
 
 @triton.jit
@@ -159,7 +198,9 @@ def poly_norm_bwd_persistent_kernel(
             dy = tl.load(dy_ptr + rows64 * stride_dy + cols, mask=mask, other=0.0).to(ACC)
             if GATED:
                 up = tl.load(up_ptr + rows64 * stride_up + cols, mask=mask, other=0.0).to(ACC)
-        rstd = tl.load(rstd_ptr + rows64 * R + ridx, mask=row_ok[:, None] & (ridx < R), other=0.0).to(ACC)
+        rstd, s = _load_stats(rstd_ptr, rows64, row_ok, ridx, R, ACC)
+        inv_s = 1.0 / s
+        x = x * inv_s  # q: the backward runs on the scaled row, dx is divided by s once
         coef = rstd * w
         g = dy
         if GATED:
@@ -178,7 +219,7 @@ def poly_norm_bwd_persistent_kernel(
             if NEED_DX:
                 dcoef = order * coef
                 kcoef = dcoef * rstd * rstd * dots / N
-                dx = _poly_dx(x, g, dcoef, kcoef, ridx, R)
+                dx = _poly_dx(x, g, dcoef, kcoef, ridx, R) * inv_s
                 tl.store(dx_ptr + rows64 * stride_dx + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
             if NEED_COEF:  # rho_j S_j for j < R, sum g in column R; a split row counts once (chunk 0)
                 scale = tl.where(ridx < R, rstd, 1.0)
