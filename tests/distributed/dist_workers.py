@@ -25,11 +25,13 @@ def polynorm_formula(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
 # ----------------------------------------------------------------------------------------------------
 
 
-def make_polynorm_case(seed: int, shape: tuple[int, ...], order: int, dtype: torch.dtype, gated: bool) -> dict:
-    """Inputs of one case, the same on every process for the same seed."""
+def make_polynorm_case(
+    seed: int, shape: tuple[int, ...], order: int, dtype: torch.dtype, gated: bool, scale: float = 1.3
+) -> dict:
+    """Inputs of one case, the same on every process for the same seed; x is N(0, scale**2)."""
     gen = torch.Generator().manual_seed(seed)
     case = {
-        "x": (torch.randn(shape, generator=gen, dtype=torch.float64) * 1.3).to(dtype),
+        "x": (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype),
         "weight": torch.randn(order, generator=gen, dtype=torch.float64).float(),
         "bias": torch.randn(1, generator=gen, dtype=torch.float64).float(),
         "grad": torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype),
@@ -37,6 +39,18 @@ def make_polynorm_case(seed: int, shape: tuple[int, ...], order: int, dtype: tor
     if gated:
         case["up"] = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     return case
+
+
+def _count_collectives(tpn, calls: dict) -> None:
+    """Count every collective the tensor-parallel PolyNorm issues (its all-reduce and all-gather helpers)."""
+    for name in ("_all_reduce", "_all_gather"):
+        original = getattr(tpn, name)
+
+        def counting(t, group, original=original):
+            calls["n"] += 1
+            return original(t, group)
+
+        setattr(tpn, name, counting)
 
 
 def tp_polynorm_worker(rank: int, world_size: int, cases: list[dict]) -> list[dict]:
@@ -53,16 +67,12 @@ def tp_polynorm_worker(rank: int, world_size: int, cases: list[dict]) -> list[di
     ctx = init_distributed(ParallelConfig(tp=world_size, timeout_s=60))
     mesh = ctx.tp_mesh
     calls = {"n": 0}
-    original = tpn._all_reduce
-
-    def counting_all_reduce(t, group):
-        calls["n"] += 1
-        return original(t, group)
-
-    tpn._all_reduce = counting_all_reduce
+    _count_collectives(tpn, calls)
     out = []
     for spec in cases:
-        c = make_polynorm_case(spec["seed"], spec["shape"], spec["order"], spec["dtype"], spec["gated"])
+        c = make_polynorm_case(
+            spec["seed"], spec["shape"], spec["order"], spec["dtype"], spec["gated"], spec.get("scale", 1.3)
+        )
         placement = {"shard_last": Shard(len(spec["shape"]) - 1), "replicate": Replicate(), "shard_rows": Shard(0)}[
             spec["placement"]
         ]
@@ -93,8 +103,8 @@ def tp_polynorm_worker(rank: int, world_size: int, cases: list[dict]) -> list[di
             "dw": w.grad.full_tensor() if hasattr(w.grad, "full_tensor") else w.grad,
             "db": b.grad.full_tensor() if hasattr(b.grad, "full_tensor") else b.grad,
             "dw_local": w.grad.to_local() if hasattr(w.grad, "to_local") else w.grad,
-            "forward_all_reduces": forward_calls,
-            "backward_all_reduces": calls["n"] - forward_calls,
+            "forward_collectives": forward_calls,
+            "backward_collectives": calls["n"] - forward_calls,
         }
         if up is not None:
             res["dup"] = up.grad.full_tensor()
@@ -396,7 +406,7 @@ def public_api_worker(rank: int, world_size: int, seed: int) -> dict:
     """polycom.PolyNorm / PolyNormGated / polycom.poly_norm given Shard(-1) DTensors (what a column-wise
     linear produces), with plain and with replicated-DTensor coefficients.
 
-    Returns, per variant, the full output and gradients (or the error), and how many all-reduces the
+    Returns, per variant, the full output and gradients (or the error), and how many collectives the
     tensor-parallel PolyNorm issued (0 when the public op did not dispatch to it)."""
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
@@ -407,13 +417,7 @@ def public_api_worker(rank: int, world_size: int, seed: int) -> dict:
     ctx = init_distributed(ParallelConfig(tp=world_size, timeout_s=60))
     mesh = ctx.tp_mesh
     calls = {"n": 0}
-    original = tpn._all_reduce
-
-    def counting_all_reduce(t, group):
-        calls["n"] += 1
-        return original(t, group)
-
-    tpn._all_reduce = counting_all_reduce
+    _count_collectives(tpn, calls)
     c = make_polynorm_case(seed, (3, 4, 8), 3, torch.float64, gated=True)
     out = {}
     for variant in ("plain_module", "dtensor_module", "plain_gated_module", "dtensor_gated_module", "functional"):
@@ -448,7 +452,7 @@ def public_api_worker(rank: int, world_size: int, seed: int) -> dict:
             "dx": full(x.grad),
             "dw": full(module.weight.grad),
             "db": full(module.bias.grad),
-            "all_reduces": calls["n"],
+            "collectives": calls["n"],
         }
         if gated:
             res["dup"] = full(up.grad)

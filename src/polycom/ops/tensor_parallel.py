@@ -10,14 +10,24 @@ S_i must be summed over the tensor-parallel group before normalising. Normalisin
 own (what the official PolyCom code does under Megatron TP) gives outputs that depend on the TP
 degree; `poly_norm_per_shard` keeps that behaviour for comparison only.
 
-Communication: forward, one all-reduce of the stacked (rows, r) partial sums S_i; backward, one
+Row scaling (as in `polycom.ops.reference`, so that no power overflows in fp32): every term is
+evaluated on q = x / s with s = max(max_j |x_j| over the WHOLE row, 1) and eps / s**(2i) in place of
+eps, and dx is divided by s once; p_i below is q**i. The global s is not known before communicating,
+so each rank scales its slice by its own s_k = max(max |x| of the slice, 1) and sends s_k with its
+sums; the combine is then exact:
+
+    s = max_k s_k,     S_i = sum_k S_ik * (s_k / s)**(2i)     (S_ik: the sum of rank k, on x / s_k)
+
+Communication: forward, one all-gather of the stacked (rows, r + 1) [S_1k .. S_rk, s_k] (an
+all-reduce MAX of s before an all-reduce SUM would cost two collectives; every rank combines the same
+gathered values in rank order, so the statistics are identical on every rank); backward, one
 all-reduce of the stacked (rows, r + 1) partial sums [D_1 .. D_r, G] with
 
-    D_i = sum_j g_ij * p_ij   (the per-row dot products),   G = sum_j g_ij,
+    D_i = sum_j g_ij * p_ij   (the per-row dot products, on q with the saved global s),   G = sum_j g_ij,
 
 from which every rank gets the exact input gradient of its slice
 
-    dL/dx_j = sum_i i * x_j**(i-1) * w[r-i] * inv_i * (g_j - p_ij * inv_i**2 * D_i / H)
+    dL/dx_j = (1/s) * sum_i i * q_j**(i-1) * w[r-i] * inv_i * (g_j - p_ij * inv_i**2 * D_i / H)
 
 and the coefficient gradients computed from GLOBAL sums (so they are identical on every rank of the
 group and must NOT be reduced again over the group):
@@ -92,42 +102,82 @@ def _all_reduce(t: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     return t
 
 
+def _all_gather(t: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """(world, *t.shape): every rank's t, in rank order."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t.contiguous(), group=group)
+    return torch.stack(parts)
+
+
+def _even_powers(ratio: torch.Tensor, r: int) -> torch.Tensor:
+    """(..., r): ratio**(2i) for i = 1..r; ratio (..., 1)."""
+    r2 = ratio * ratio
+    out = [r2]
+    for _ in range(1, r):
+        out.append(out[-1] * r2)
+    return torch.cat(out, dim=-1)
+
+
+def _global_stats(x: torch.Tensor, r: int, eps: float, width: int, group: dist.ProcessGroup) -> torch.Tensor:
+    """(..., r + 1) [inv_1 .. inv_r, s] of the whole rows from the local slice x (one all-gather)."""
+    s_local = x.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    q2 = (x / s_local).square()
+    even, sums = q2, []
+    for i in range(1, r + 1):
+        if i > 1:
+            even = even * q2
+        sums.append(even.sum(dim=-1, keepdim=True))
+    gathered = _all_gather(torch.cat([*sums, s_local], dim=-1), group)  # (world, ..., r + 1)
+    scales = gathered[..., r:]
+    s = scales.amax(dim=0)  # (..., 1), the global row scale
+    total = (gathered[..., :r] * _even_powers(scales / s, r)).sum(dim=0)
+    inv = torch.rsqrt(total / width + eps * _even_powers(1.0 / s, r))  # inv[..., i-1] normalises q**i
+    return torch.cat([inv, s], dim=-1)
+
+
+def _poly_norm_from_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stats: torch.Tensor):
+    """b + sum_i w[r-i] q**i inv_i with q = x / s (stats = [inv_1 .. inv_r, s])."""
+    r = weight.numel()
+    q = x / stats[..., r:]
+    y = bias.expand_as(x)
+    power = q
+    for i in range(1, r + 1):
+        if i > 1:
+            power = power * q
+        y = y + weight[r - i] * (power * stats[..., i - 1 : i])
+    return y
+
+
 def _forward_core(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, width: int, group: dist.ProcessGroup
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, inv) in the compute dtype; x is the local (rows..., h_local) slice, already upcast."""
-    r = weight.numel()
-    powers = [x]
-    for _ in range(1, r):
-        powers.append(powers[-1] * x)
-    partial = torch.stack([p.square().sum(dim=-1) for p in powers], dim=-1)  # (..., r)
-    total = _all_reduce(partial, group)
-    inv = torch.rsqrt(total / width + eps)  # (..., r): inv[..., i-1] normalises x**i
-    y = bias.expand_as(x)
-    for i in range(1, r + 1):
-        y = y + weight[r - i] * (powers[i - 1] * inv[..., i - 1 : i])
-    return y, inv
+    """(y, stats [inv_1 .. inv_r, s]) in the compute dtype; x is the local (rows..., h_local) slice, upcast."""
+    stats = _global_stats(x, weight.numel(), eps, width, group)
+    return _poly_norm_from_stats(x, weight, bias, stats), stats
 
 
 def _backward_core(
-    x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor, g: torch.Tensor, width: int, group: dist.ProcessGroup
+    x: torch.Tensor, weight: torch.Tensor, stats: torch.Tensor, g: torch.Tensor, width: int, group: dist.ProcessGroup
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias) in the compute dtype from the local slice and its upstream gradient g."""
     r = weight.numel()
-    powers = [x]
+    inv, s = stats[..., :r], stats[..., r:]
+    q = x / s
+    powers = [q]
     for _ in range(1, r):
-        powers.append(powers[-1] * x)
+        powers.append(powers[-1] * q)
     partial = torch.stack([(g * p).sum(dim=-1) for p in powers] + [g.sum(dim=-1)], dim=-1)  # (..., r + 1)
     total = _all_reduce(partial, group)
     dots, gsum = total[..., :r], total[..., r]
     dx = torch.zeros_like(x)
-    power_below = torch.ones_like(x)  # x**(i-1)
+    power_below = torch.ones_like(x)  # q**(i-1)
     for i in range(1, r + 1):
         inv_i = inv[..., i - 1 : i]
         dot_i = dots[..., i - 1 : i]
         dp = weight[r - i] * inv_i * (g - powers[i - 1] * inv_i.square() * dot_i / width)
         dx = dx + i * power_below * dp
         power_below = powers[i - 1]
+    dx = dx / s
     # Coefficient gradients from the global sums: identical on every rank of the group.
     dweight = torch.stack([(inv[..., r - k - 1] * dots[..., r - k - 1]).sum() for k in range(r)])
     dbias = gsum.sum().reshape(1)
@@ -141,16 +191,16 @@ class _TPPolyNorm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps, width, group):  # type: ignore[override]
         cd = compute_dtype(x.dtype)
         xc, wc = x.to(cd), weight.to(cd)
-        y, inv = _forward_core(xc, wc, bias.to(cd), eps, width, group)
-        ctx.save_for_backward(x, weight, inv)
+        y, stats = _forward_core(xc, wc, bias.to(cd), eps, width, group)
+        ctx.save_for_backward(x, weight, stats)
         ctx.width, ctx.group, ctx.bias_dtype = width, group, bias.dtype
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, weight, inv = ctx.saved_tensors
-        cd = inv.dtype
-        dx, dw, db = _backward_core(x.to(cd), weight.to(cd), inv, grad_out.to(cd), ctx.width, ctx.group)
+        x, weight, stats = ctx.saved_tensors
+        cd = stats.dtype
+        dx, dw, db = _backward_core(x.to(cd), weight.to(cd), stats, grad_out.to(cd), ctx.width, ctx.group)
         return dx.to(x.dtype), dw.to(weight.dtype), db.to(ctx.bias_dtype), None, None, None
 
 
@@ -162,26 +212,19 @@ class _TPPolyNormGated(torch.autograd.Function):
         cd = compute_dtype(gate.dtype)
         gc, wc = gate.to(cd), weight.to(cd)
         bc = bias.to(cd)
-        pn, inv = _forward_core(gc, wc, bc, eps, width, group)
-        ctx.save_for_backward(gate, up, weight, bias, inv)
+        pn, stats = _forward_core(gc, wc, bc, eps, width, group)
+        ctx.save_for_backward(gate, up, weight, bias, stats)
         ctx.width, ctx.group = width, group
         return (pn * up.to(cd)).to(gate.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        gate, up, weight, bias, inv = ctx.saved_tensors
-        cd = inv.dtype
+        gate, up, weight, bias, stats = ctx.saved_tensors
+        cd = stats.dtype
         gc, wc, g = gate.to(cd), weight.to(cd), grad_out.to(cd)
-        r = wc.numel()
-        # Recompute PolyNorm(gate) from the saved global inverse RMS (no communication needed).
-        pn = bias.to(cd).expand_as(gc)
-        power = gc
-        for i in range(1, r + 1):
-            if i > 1:
-                power = power * gc
-            pn = pn + wc[r - i] * (power * inv[..., i - 1 : i])
-        dup = g * pn
-        dgate, dw, db = _backward_core(gc, wc, inv, g * up.to(cd), ctx.width, ctx.group)
+        # Recompute PolyNorm(gate) from the saved global statistics (no communication needed).
+        dup = g * _poly_norm_from_stats(gc, wc, bias.to(cd), stats)
+        dgate, dw, db = _backward_core(gc, wc, stats, g * up.to(cd), ctx.width, ctx.group)
         return dgate.to(gate.dtype), dup.to(up.dtype), dw.to(weight.dtype), db.to(bias.dtype), None, None, None
 
 
@@ -199,7 +242,7 @@ def poly_norm_dtensor(x: DTensor, weight: torch.Tensor, bias: torch.Tensor, eps:
     """PolyNorm of a DTensor, equal to the unsharded op; returns a DTensor with x's placements.
 
     x: DTensor (..., H). Sharded on its last dim (Shard(-1) on one mesh dimension, Replicate on the
-    others): tensor-parallel fast path, one all-reduce forward and one backward. Any other layout
+    others): tensor-parallel fast path, one collective forward (all-gather) and one backward (all-reduce). Any other layout
     (Replicate, Shard on a row dimension, Partial): gathered to Replicate, the plain op applied to the
     full tensor, and the result redistributed back (correct, not fast).
     weight (r,), bias (1,): plain tensors or DTensors (replicated ones are used as their local copy).
