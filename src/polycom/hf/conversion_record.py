@@ -26,7 +26,7 @@ from torch import nn
 
 from polycom.hf.activations import GUARD_ACTIVATION
 from polycom.hf.report import GATED_KINDS, ConversionReport
-from polycom.modules.polycom import PolyNorm, PolyReLU
+from polycom.modules.polycom import is_polycom_module
 
 CONVERSION_KEY = "polycom_conversion"
 DEFAULT_ORDER = 3
@@ -138,6 +138,6 @@ def _record_polycom_config(model: nn.Module, report: ConversionReport) -> bool:
 
 def _is_polycom_at(model: nn.Module, name: str, attr: str) -> bool:
     try:
-        return isinstance(getattr(model.get_submodule(name), attr, None), (PolyNorm, PolyReLU))
+        return is_polycom_module(getattr(model.get_submodule(name), attr, None))
     except AttributeError:
         return False
