@@ -45,8 +45,8 @@ def _horner(coefficients: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 
 
 def row_scale(xc: torch.Tensor) -> torch.Tensor:
-    """s = max(max_j |x_j|, 1) over the last dimension, (..., 1), in xc's dtype."""
-    return xc.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    """s = max(max_j |x_j|, 1) over the last dimension, (..., 1), in xc's dtype (max and -min: no |x| tensor)."""
+    return torch.maximum(xc.amax(dim=-1, keepdim=True), -xc.amin(dim=-1, keepdim=True)).clamp_min(1.0)
 
 
 def poly_norm_stats(qc: torch.Tensor, s: torch.Tensor, r: int, eps: float) -> torch.Tensor:

@@ -263,7 +263,7 @@ def _bwd_rows(
         dots = _add_dot_sums(dots, g, x, ridx, R)
         gsum += tl.sum(g, axis=1)
         kcoef = dcoef * rstd * rstd * dots / N
-        dx = _poly_dx(x, g, dcoef, kcoef, ridx, R) * inv_s
+        dx = _poly_dx(x, g, dcoef * inv_s, kcoef * inv_s, ridx, R)  # 1/s of dx folded into the coefficients
         tl.store(dx_rows + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if GATED:
             dup = dy * _poly(x, coef, ridx, b, R)
@@ -287,7 +287,7 @@ def _bwd_rows(
                 g = dy * up
             else:
                 g = dy
-            dx = _poly_dx(x, g, dcoef, kcoef, ridx, R) * inv_s
+            dx = _poly_dx(x, g, dcoef * inv_s, kcoef * inv_s, ridx, R)
             tl.store(dx_rows + start + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
             if GATED:
                 dup = dy * _poly(x, coef, ridx, b, R)

@@ -140,16 +140,19 @@ def poly_norm_fwd_persistent_kernel(
             x = tl.load(x_ptr + rows64 * stride_x + cols, mask=mask, other=0.0).to(ACC)
         sums = tl.zeros((BLOCK_M, RP), dtype=ACC)
         s = _row_scale(x, 1.0)  # this chunk's scale t_k when split
+        x = x * (1.0 / s)  # scaled in place (one tile live, not x and q)
         if PHASE != 1:
-            sums = _add_even_power_sums(sums, x * (1.0 / s), ridx, R)
+            sums = _add_even_power_sums(sums, x, ridx, R)
         if SPLIT > 1:
+            t = s
             sums, s = _combine_scaled_chunks(
-                tl.where(ridx == R, s, sums), scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, R,
+                tl.where(ridx == R, t, sums), scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, R,
                 SPLIT, SPLIT_P, RP, PHASE,
             )  # fmt: skip
+            x = x * (t / s)  # x / t_k -> x / s (exactly 1 when no chunk exceeds 1)
         if PHASE != 0:
             rstd = _inv_sqrt(sums / N + eps_acc * _even_powers(1.0 / s, ridx, R), ACC)
-            y = _poly(x * (1.0 / s), rstd * w, ridx, b, R)
+            y = _poly(x, rstd * w, ridx, b, R)
             if GATED:
                 y = y * tl.load(up_ptr + rows64 * stride_up + cols, mask=mask, other=0.0).to(ACC)
             tl.store(y_ptr + rows64 * stride_y + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -200,7 +203,7 @@ def poly_norm_bwd_persistent_kernel(
                 up = tl.load(up_ptr + rows64 * stride_up + cols, mask=mask, other=0.0).to(ACC)
         rstd, s = _load_stats(rstd_ptr, rows64, row_ok, ridx, R, ACC)
         inv_s = 1.0 / s
-        x = x * inv_s  # q: the backward runs on the scaled row, dx is divided by s once
+        x = x * inv_s  # q: the backward runs on the scaled row; 1/s of dx is folded into its coefficients
         coef = rstd * w
         g = dy
         if GATED:
@@ -219,7 +222,7 @@ def poly_norm_bwd_persistent_kernel(
             if NEED_DX:
                 dcoef = order * coef
                 kcoef = dcoef * rstd * rstd * dots / N
-                dx = _poly_dx(x, g, dcoef, kcoef, ridx, R) * inv_s
+                dx = _poly_dx(x, g, dcoef * inv_s, kcoef * inv_s, ridx, R)
                 tl.store(dx_ptr + rows64 * stride_dx + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
             if NEED_COEF:  # rho_j S_j for j < R, sum g in column R; a split row counts once (chunk 0)
                 scale = tl.where(ridx < R, rstd, 1.0)
