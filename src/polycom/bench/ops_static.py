@@ -80,7 +80,7 @@ def _polynorm_plan(mode: str, gated: bool, m: int, n: int, elt: int, order: int,
     streams_reread = (3 if gated else 2) if backward else 1
     if kcfg.TILING.variant == 2:
         p = kcfg.persistent_row_launch(m, n, backward=backward, gated=gated)
-        rp = triton.next_power_of_2(order + 1 if backward else order)
+        rp = triton.next_power_of_2(order + 1 if backward or p.split > 1 else order)  # as launch_persistent
         fn = (
             polynorm_persistent.poly_norm_bwd_persistent_kernel
             if backward
@@ -92,7 +92,7 @@ def _polynorm_plan(mode: str, gated: bool, m: int, n: int, elt: int, order: int,
         if backward:
             cx.update(NEED_DX=True, NEED_DUP=gated, NEED_COEF=True)
         layout = f"v2 {p.block_m}x{p.block_n}" + (f" split {p.split}" if p.split > 1 else "") + f" st{p.num_stages}"
-        stats = 4 * order + (2 * p.split * rp * 4 if p.split > 1 else 0)
+        stats = 4 * (order + 1) + (2 * p.split * rp * 4 if p.split > 1 else 0)  # r inverse RMS values and s per row
         return KernelPlan(fn, cx, p.num_warps, layout, p.blocks * p.split, p.split, True, 0, stats, 0)
     launch = kcfg.row_launch(m, n, backward=backward, row_bytes=n * elt * streams_reread, num_sms=sms)
     fn = polynorm_kernels.poly_norm_bwd_kernel if backward else polynorm_kernels.poly_norm_fwd_kernel
@@ -100,7 +100,7 @@ def _polynorm_plan(mode: str, gated: bool, m: int, n: int, elt: int, order: int,
           "BLOCK_N": launch.block_n, "SINGLE_TILE": launch.single_tile, "ACC": tl.float32}  # fmt: skip
     layout = f"v1 {'single' if launch.single_tile else 'looped'} {launch.block_m}x{launch.block_n}"
     reread = 0 if launch.single_tile else n * elt * (streams_reread + (1 if gated and not backward else 0))
-    return KernelPlan(fn, cx, launch.num_warps, layout, launch.grid[0], 1, False, launch.grid[0], 4 * order, reread)
+    return KernelPlan(fn, cx, launch.num_warps, layout, launch.grid[0], 1, False, launch.grid[0], 4 * (order + 1), reread)
 
 
 def _polyrelu_plan(mode: str, gated: bool, m: int, n: int, order: int) -> KernelPlan:
