@@ -183,3 +183,41 @@ def test_closed_form_rows_within_one_are_the_unscaled_formula_bit_for_bit():
     expected = closed_form._horner([b, *(w[3 - i] * inv[:, i - 1 : i] for i in (1, 2, 3))], x)
     assert torch.equal(stats[:, :3], inv) and torch.equal(stats[:, 3], torch.ones(6))
     assert torch.equal(y, expected)
+
+
+@pytest.mark.parametrize("impl", sorted(CLOSED_FORM))
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("huge_row", [False, True], ids=["all_rows_within_one", "one_row_1e15"])
+def test_closed_form_unit_shortcut_and_scaled_path_match_fp64(impl, gated, huge_row):
+    """Every row max |x| <= 1 takes the no-rescale shortcut; one huge row in the batch takes the scaled path."""
+    torch.manual_seed(6)
+    x = torch.rand(5, 80) * 2 - 1
+    if huge_row:
+        x[2] = torch.randn(80) * 1e15
+    up = torch.randn(5, 80) if gated else None
+    assert closed_form._all_unit_scale(x, limit_is_scale=False) is not huge_row
+    _grads_vs_fp64(CLOSED_FORM[impl], x, up, *_coefficients())
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+def test_closed_form_unit_shortcut_is_bit_identical_to_the_scaled_path(monkeypatch, gated):
+    """Rows with s = 1: skipping x / s, eps / s**(2i) and dx / s changes no bit (all divide by exactly 1)."""
+    torch.manual_seed(7)
+    x, g = torch.rand(6, 50) * 2 - 1, torch.randn(6, 50)
+    up = torch.randn(6, 50) if gated else None
+    w, b = (t.detach() for t in _coefficients())
+
+    def run():
+        y, stats = closed_form.poly_norm_forward(x, up, w, b, 1e-6)
+        return (y, stats, *closed_form.poly_norm_backward(g, x, up, w, b, stats))
+
+    calls = []
+    real_row_scale = closed_form.row_scale
+    monkeypatch.setattr(closed_form, "row_scale", lambda xc: calls.append(1) or real_row_scale(xc))
+    fast = run()
+    assert not calls  # the shortcut computed no per-row scale
+    monkeypatch.setattr(closed_form, "_all_unit_scale", lambda values, limit_is_scale: False)
+    scaled = run()
+    assert calls
+    for a, b_ in zip(fast, scaled, strict=True):
+        assert (a is None and b_ is None) or torch.equal(a, b_)

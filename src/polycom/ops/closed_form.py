@@ -49,22 +49,40 @@ def row_scale(xc: torch.Tensor) -> torch.Tensor:
     return torch.maximum(xc.amax(dim=-1, keepdim=True), -xc.amin(dim=-1, keepdim=True)).clamp_min(1.0)
 
 
-def poly_norm_stats(qc: torch.Tensor, s: torch.Tensor, r: int, eps: float) -> torch.Tensor:
-    """(..., r + 1): rsqrt(mean(q**(2i), -1) + eps / s**(2i)) for i = 1..r, then s (q = x / s)."""
+def _all_unit_scale(values: torch.Tensor, limit_is_scale: bool) -> bool:
+    """True when every row's s is 1, so q = x and e_i = eps exactly and the rescaling can be skipped:
+    max |x| <= 1 over the whole tensor (one aminmax pass instead of per-row max and min plus two
+    divisions), or, for saved scales, all of them 1. Eager only: under torch.compile the scaled path is
+    traced (no data-dependent branch; Inductor fuses the extra work anyway). NaN gives False."""
+    if torch.compiler.is_compiling() or values.numel() == 0:
+        return False
+    if limit_is_scale:
+        return bool((values == 1).all())
+    lo, hi = torch.aminmax(values)
+    return bool(torch.maximum(hi, -lo) <= 1)
+
+
+def poly_norm_stats(qc: torch.Tensor, s: torch.Tensor | None, r: int, eps: float) -> torch.Tensor:
+    """(..., r + 1): rsqrt(mean(q**(2i), -1) + eps / s**(2i)) for i = 1..r, then s (q = x / s);
+    s None: every row's scale is 1 (eps as is, a column of ones)."""
     q2 = qc * qc
-    s2 = s * s
-    even, s_even = q2, s2  # q**(2i), s**(2i)
+    even = q2  # q**(2i)
+    s_even = s * s if s is not None else None  # s**(2i)
+    s2 = s_even
     stats = []
     for i in range(1, r + 1):
         if i > 1:
-            even, s_even = even * q2, s_even * s2
-        stats.append(torch.rsqrt(even.mean(dim=-1, keepdim=True) + eps / s_even))
+            even = even * q2
+            s_even = s_even * s2 if s is not None else None
+        stats.append(torch.rsqrt(even.mean(dim=-1, keepdim=True) + (eps / s_even if s is not None else eps)))
+    if s is None:
+        s = torch.ones_like(stats[0])
     return torch.cat([*stats, s], dim=-1)
 
 
-def _scaled(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-    """q = x / s in the compute dtype, s the last column of the saved statistics."""
-    return x.to(stats.dtype) / stats[..., -1:]
+def _scaled(x: torch.Tensor, stats: torch.Tensor, unit: bool = False) -> torch.Tensor:
+    """q = x / s in the compute dtype, s the last column of the saved statistics (unit: every s is 1)."""
+    return x.to(stats.dtype) if unit else x.to(stats.dtype) / stats[..., -1:]
 
 
 def _poly_norm_values(qc, wc, bc, stats):
@@ -80,8 +98,11 @@ def poly_norm_forward(
     """(PolyNorm(x) (* up) in x's dtype, stats (..., r + 1) in the compute dtype: inv_1..inv_r, s)."""
     cd = compute_dtype(x.dtype)
     xc = x.to(cd)
-    s = row_scale(xc)
-    qc = xc / s
+    if _all_unit_scale(xc, limit_is_scale=False):  # the common case: no rescaling work at all
+        qc, s = xc, None
+    else:
+        s = row_scale(xc)
+        qc = xc / s
     stats = poly_norm_stats(qc, s, weight.numel(), eps)
     y, _ = _poly_norm_values(qc, weight.to(cd), bias.to(cd), stats)
     if up is not None:
@@ -94,7 +115,8 @@ def poly_norm_from_stats(
 ) -> torch.Tensor:
     """PolyNorm(x) (* up) recomputed from the saved statistics (no reductions), in x's dtype."""
     cd = stats.dtype
-    y, _ = _poly_norm_values(_scaled(x, stats), weight.to(cd), bias.to(cd), stats)
+    unit = _all_unit_scale(stats[..., -1], limit_is_scale=True)
+    y, _ = _poly_norm_values(_scaled(x, stats, unit), weight.to(cd), bias.to(cd), stats)
     if up is not None:
         y = y * up.to(cd)
     return y.to(x.dtype)
@@ -111,7 +133,8 @@ def poly_norm_backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(dx, d_up, dweight, dbias) of PolyNorm (gated when `up` is given) from x and the saved statistics."""
     cd = stats.dtype
-    qc, g, wc = _scaled(x, stats), grad.to(cd), weight.to(cd)
+    unit = _all_unit_scale(stats[..., -1], limit_is_scale=True)  # then q = x and dx needs no / s
+    qc, g, wc = _scaled(x, stats, unit), grad.to(cd), weight.to(cd)
     r, n = wc.numel(), x.shape[-1]
     inv, s = stats[..., :r], stats[..., r:]
     d_up = None
@@ -130,7 +153,8 @@ def poly_norm_backward(
         slope = _horner([i * c[i - 1] for i in range(1, r + 1)], qc)  # sum_i i c_i q**(i-1)
         k = [i * c[i - 1] * inv[..., i - 1 : i] ** 2 * dots[..., i - 1 : i] / n for i in range(1, r + 1)]
         correction = _horner(k, powers[1]) if r > 1 else k[0].expand_as(qc)  # sum_i k_i q**(2i-2)
-        dx = (torch.addcmul(g * slope, qc, correction, value=-1) / s).to(x.dtype)
+        dx = torch.addcmul(g * slope, qc, correction, value=-1)
+        dx = (dx if unit else dx / s).to(x.dtype)
     dweight = dbias = None
     if needs[2]:
         per_power = (inv * dots).reshape(-1, r).sum(dim=0)  # index i-1 -> dL/dw[r-i]
