@@ -453,6 +453,9 @@ def test_persistent_grid_is_one_wave_and_programs_loop():
     assert config.persistent_grid(3, 8, 264) == 24
     plan = config.persistent_row_launch(8192, 8192, backward=True)
     assert plan.split == 1 and plan.num_warps == 32  # 8 elements per thread: <= 64 registers, 32 warps per SM
+    assert plan.num_stages == 3  # the backward's 3-stage loop is the one without spills at 8192 (bench --static)
+    forward = config.persistent_row_launch(8192, 8192, backward=False)
+    assert forward.split == 1 and forward.num_warps == 32 and forward.num_stages == 2  # ~50 registers, 32 warps/SM
     gated = config.persistent_row_launch(8192, 8192, backward=True, gated=True)
     assert gated.split == 4 and gated.block_n == 2048
     wide = config.persistent_row_launch(2048, 65536, backward=False)

@@ -51,6 +51,10 @@ class TilingLimits:
     num_warps_fwd: int = 0  # 0: the rule of _warps_for (about 16 elements per thread)
     num_warps_bwd: int = 0  # 0: the rule of _warps_for (about 8 elements per thread)
     num_stages: int = 2  # software-pipelining depth of the persistent row / tile loops (variant 2)
+    # The PolyNorm backward's row loop: 3 stages hold the next two row blocks in shared memory; at 8192
+    # columns / 32 warps that is what keeps it within 64 registers without spills (2 stages: 8-16 bytes of
+    # stack since the row scaling; `polycom bench ops --static`). Split rows prefetch by hand either way.
+    num_stages_bwd: int = 3
     split_tile_fwd: int = 8192  # variant 2: column chunk per program for rows wider than max_single_tile_fwd
     split_tile_bwd: int = 2048  # variant 2: the same for the backward (max_single_tile_bwd[_gated])
     max_single_tile_bwd_gated: int = 4096  # variant 2 gated backward: wider rows are split (see below)
@@ -135,9 +139,10 @@ def persistent_row_launch(m: int, n: int, backward: bool, gated: bool = False) -
     from the compiled kernel's residency (`persistent_grid`).
 
     Rows up to max_single_tile_* columns are one register tile; wider rows are split into chunks of
-    split_tile_* columns. Warps: the single-tile backward runs up to 32 warps (8 elements per thread
-    keeps it at <= 64 registers, i.e. 32 resident warps per SM; at 16 warps it needs ~100-128
-    registers, one CTA per SM). The gated backward does not fit 64 registers at 8192 columns, so its
+    split_tile_* columns. Warps: a single tile runs up to 32 warps, 8 elements per thread, forward and
+    backward (<= 64 registers, i.e. 32 resident warps per SM; with the row scaling the 16-warp forward
+    needs 77-97 registers at 8192-16384 columns, one 16-warp CTA per SM, and the 16-warp backward
+    ~96-128). The gated backward does not fit 64 registers at 8192 columns, so its
     wider rows are split (max_single_tile_bwd_gated). Split chunks: 16 elements per thread forward, 8
     backward (the hand prefetch of the next rows needs registers); backward chunks of 2048 columns keep
     two CTAs per SM without spills with Triton 3.6 and 3.9 (`polycom bench ops --static`).
@@ -152,14 +157,15 @@ def persistent_row_launch(m: int, n: int, backward: bool, gated: bool = False) -
         block_n, split = n_pow2, 1
         block_m = max(1, limits.elements_per_program // block_n)
         block_m = min(block_m, limits.max_rows_per_program, triton.next_power_of_2(m))
-        rule = _warps_for(block_m * block_n, backward, max_warps=32 if backward else 16)
+        rule = _warps_for(block_m * block_n, backward=True, max_warps=32)  # 8 elements per thread, both ways
     else:
         split_tile = limits.split_tile_bwd if backward else limits.split_tile_fwd
         block_n = triton.next_power_of_2(min(split_tile, single_max))
         block_m, split = 1, triton.cdiv(n, block_n)
         rule = _warps_for(block_n, backward)
     override = limits.num_warps_bwd if backward else limits.num_warps_fwd
-    return PersistentRowLaunch(block_m, block_n, split, override or rule, limits.num_stages, triton.cdiv(m, block_m))
+    stages = limits.num_stages_bwd if backward else limits.num_stages
+    return PersistentRowLaunch(block_m, block_n, split, override or rule, stages, triton.cdiv(m, block_m))
 
 
 def persistent_grid(work: int, split: int, resident_slots: int) -> int:
