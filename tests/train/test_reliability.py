@@ -63,7 +63,6 @@ import signal  # noqa: E402
 
 import torch  # noqa: E402
 
-from polycom.data import PrepareConfig, embedded_corpus_text, prepare_data  # noqa: E402
 from polycom.errors import UserError  # noqa: E402
 from polycom.train import load_config, train  # noqa: E402
 from polycom.train import trainer as trainer_module  # noqa: E402
@@ -87,13 +86,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    src = folder / "text.txt"
-    src.write_text(embedded_corpus_text()[:100_000])
-    prepare_data(PrepareConfig(source=str(src)), folder / "shards", show_progress=False)
-    return folder / "shards"
 
 
 def small_config(data_dir, *extra):

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from polycom.data import PrepareConfig, embedded_corpus_text, prepare_data
 from polycom.errors import UserError
 from polycom.models import build_model, get_preset
 from polycom.train import WarmupCosine, load_config, load_run, train
@@ -27,13 +26,7 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    src = folder / "text.txt"
-    src.write_text(embedded_corpus_text()[:200_000])
-    prepare_data(PrepareConfig(source=str(src)), folder / "shards", show_progress=False)
-    return folder / "shards"
+DATA_CHARS = 200_000  # the data_dir fixture (tests/train/conftest.py) prepares this much text
 
 
 def small_config(data_dir, *extra):

@@ -23,7 +23,6 @@ import math
 import pytest
 import torch
 
-from polycom.data import PrepareConfig, embedded_corpus_text, prepare_data
 from polycom.distributed import DistContext
 from polycom.train import Trainer, load_config, train
 from polycom.train.checkpoint import find_checkpoint, load_checkpoint
@@ -44,13 +43,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    src = folder / "text.txt"
-    src.write_text(embedded_corpus_text()[:100_000])
-    prepare_data(PrepareConfig(source=str(src)), folder / "shards", show_progress=False)
-    return folder / "shards"
 
 
 @pytest.fixture(autouse=True)
