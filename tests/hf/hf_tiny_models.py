@@ -137,3 +137,25 @@ def one_torch_thread_hf():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def one_trainer_step(model, output_dir) -> float:
+    """One `transformers.Trainer` step on 4 random sequences of 16 tokens; returns the training loss."""
+    from transformers import Trainer, TrainingArguments
+
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": (ids := torch.randint(0, VOCAB, (16,), generator=g)), "labels": ids} for _ in range(4)]
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    result = Trainer(model=model, args=args, train_dataset=data).train()
+    assert result.global_step == 1
+    return result.training_loss
