@@ -13,9 +13,16 @@ they look for. Every width is stored resolved (no parameter-matching rule is re-
 | activation, activation_order, intermediate_size | activation, activation_order, hidden_size (resolved) |
 | rms_norm_eps, rope_theta, initializer_range | norm_eps, rope_theta, init_std |
 | tie_word_embeddings, qk_norm | tie_embeddings, qk_norm |
+| fused_mlp | fused_mlp |
 | num_experts (0 = dense), num_experts_per_tok, moe_intermediate_size | moe.num_experts, moe.top_k, expert width |
 | moe_shared_coefficients, moe_normalize_top_k | moe.shared_coefficients, moe.normalize_top_k |
 | router_aux_loss_coef, router_z_loss_coef | moe.lb_loss_coef, moe.z_loss_coef |
+
+``fused_mlp`` (default True) runs each dense PolyNorm / PolyReLU (plain or gated) / SwiGLU MLP block
+as one autograd node that recomputes the activation output in backward instead of keeping it
+(`polycom.MLP(fused=...)`); False runs the modules one by one. Same outputs up to fp32 rounding; MoE
+experts always run unfused. Saved in config.json like every field but not part of the weights:
+``from_pretrained(folder, fused_mlp=False)`` overrides the saved value.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class PolyComConfig(PretrainedConfig):
         router_aux_loss_coef: float = 0.01,
         router_z_loss_coef: float = 0.001,
         tie_word_embeddings: bool = False,
+        fused_mlp: bool = True,
         use_cache: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -78,6 +86,7 @@ class PolyComConfig(PretrainedConfig):
         self.moe_normalize_top_k = moe_normalize_top_k
         self.router_aux_loss_coef = router_aux_loss_coef
         self.router_z_loss_coef = router_z_loss_coef
+        self.fused_mlp = bool(fused_mlp)
         self.use_cache = use_cache
         self.head_dim = hidden_size // num_attention_heads
         # Resolve the widths once through the harness rules, then store them literally.
@@ -124,6 +133,7 @@ class PolyComConfig(PretrainedConfig):
             norm_eps=self.rms_norm_eps,
             init_std=self.initializer_range,
             qk_norm=self.qk_norm,
+            fused_mlp=self.fused_mlp,
             moe=moe,
         )
 
@@ -153,5 +163,6 @@ class PolyComConfig(PretrainedConfig):
             router_aux_loss_coef=0.01 if moe is None else moe.lb_loss_coef,
             router_z_loss_coef=0.001 if moe is None else moe.z_loss_coef,
             tie_word_embeddings=cfg.tie_embeddings,
+            fused_mlp=cfg.fused_mlp,
             **kwargs,
         )

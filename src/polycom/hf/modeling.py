@@ -97,7 +97,7 @@ class PolyComDecoderLayer(GradientCheckpointingLayer):
                 config.activation,
                 config.intermediate_size,
                 activation_kwargs=mc.activation_kwargs() or None,
-                fused=bool(getattr(config, "fused_mlp", True)),  # PolyComConfig(..., fused_mlp=False) turns it off
+                fused=mc.fused_mlp,  # PolyComConfig(fused_mlp=False) runs the modules one by one
             )
             self.mlp.down_proj._polycom_output_proj = True
 
