@@ -170,32 +170,32 @@ def test_closed_form_scaled_rows_match_fp64_with_gradients(impl, gated, scale):
     _grads_vs_fp64(CLOSED_FORM[impl], x, up, *_coefficients())
 
 
-def test_closed_form_rows_within_one_are_the_unscaled_formula_bit_for_bit():
-    """s = 1 when max |x| <= 1: the scaled closed form is the unscaled one (written here) exactly."""
+@pytest.mark.parametrize("peak, scaled", [(0.5, False), (1000.0, False), (1030.0, True), (float("inf"), True)])
+def test_closed_form_skips_row_scaling_only_below_the_power_limit(monkeypatch, peak, scaled):
+    """r = 3: the scaling is skipped (no row scale computed, s = 1 saved) iff max |x|**3 <= 2**30."""
     torch.manual_seed(5)
     x = torch.rand(6, 50) * 2 - 1
-    w, b = _coefficients()
-    w, b = w.detach(), b.detach()
-    y, stats = closed_form.poly_norm_forward(x, None, w, b, 1e-6)
-    x2 = x * x
-    even = [x2, x2 * x2, x2 * x2 * x2]  # x**(2i) as the unscaled closed form multiplies them
-    inv = torch.cat([torch.rsqrt(e.mean(-1, keepdim=True) + 1e-6) for e in even], dim=-1)
-    expected = closed_form._horner([b, *(w[3 - i] * inv[:, i - 1 : i] for i in (1, 2, 3))], x)
-    assert torch.equal(stats[:, :3], inv) and torch.equal(stats[:, 3], torch.ones(6))
-    assert torch.equal(y, expected)
+    x[3, 7] = peak
+    w, b = (t.detach() for t in _coefficients())
+    calls = []
+    real_row_scale = closed_form.row_scale
+    monkeypatch.setattr(closed_form, "row_scale", lambda xc: calls.append(1) or real_row_scale(xc))
+    _, stats = closed_form.poly_norm_forward(x, None, w, b, 1e-6)
+    assert bool(calls) is scaled
+    assert torch.equal(stats[:, 3], torch.ones(6)) is not (scaled and peak > 1)
 
 
 @pytest.mark.parametrize("impl", sorted(CLOSED_FORM))
 @pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
-@pytest.mark.parametrize("huge_row", [False, True], ids=["all_rows_within_one", "one_row_1e15"])
+@pytest.mark.parametrize("huge_row", [False, True], ids=["all_rows_below_the_limit", "one_row_1e15"])
 def test_closed_form_unit_shortcut_and_scaled_path_match_fp64(impl, gated, huge_row):
-    """Every row max |x| <= 1 takes the no-rescale shortcut; one huge row in the batch takes the scaled path."""
+    """Every |x| <= 2**10 (r = 3) takes the no-rescale shortcut; one huge row in the batch takes the scaled path."""
     torch.manual_seed(6)
-    x = torch.rand(5, 80) * 2 - 1
+    x = (torch.rand(5, 80) * 2 - 1) * torch.tensor([[1.0], [30.0], [1.0], [1000.0], [0.01]])
     if huge_row:
         x[2] = torch.randn(80) * 1e15
     up = torch.randn(5, 80) if gated else None
-    assert closed_form._all_unit_scale(x, limit_is_scale=False) is not huge_row
+    assert closed_form._scaling_needed(x, 3) is huge_row
     _grads_vs_fp64(CLOSED_FORM[impl], x, up, *_coefficients())
 
 
@@ -216,7 +216,8 @@ def test_closed_form_unit_shortcut_is_bit_identical_to_the_scaled_path(monkeypat
     monkeypatch.setattr(closed_form, "row_scale", lambda xc: calls.append(1) or real_row_scale(xc))
     fast = run()
     assert not calls  # the shortcut computed no per-row scale
-    monkeypatch.setattr(closed_form, "_all_unit_scale", lambda values, limit_is_scale: False)
+    monkeypatch.setattr(closed_form, "_scaling_needed", lambda xc, r: True)
+    monkeypatch.setattr(closed_form, "_all_unit_scale", lambda scales: False)
     scaled = run()
     assert calls
     for a, b_ in zip(fast, scaled, strict=True):

@@ -1,18 +1,16 @@
-"""Closed-form forward and backward of PolyNorm and PolyReLU (plain and gated) in plain PyTorch.
+"""Closed-form forward and backward of PolyNorm, PolyReLU and SwiGLU (plain and gated) in plain PyTorch.
 
-The same formulas as the Triton kernels (`polycom.ops.triton.launch`), written as a few whole-tensor
-passes: the CPU (``torch`` backend) path of `polycom.ops` and of the fused MLP (`polycom.ops.fused_mlp`).
-Compared with autograd over `polycom.ops.reference`, the backward keeps only x (and up) plus r
-statistics per row and runs about a third of the passes.
+The same formulas as the Triton kernels (`polycom.ops.triton.launch`): the CPU (``torch`` backend)
+path of `polycom.ops` and of the fused MLP (`polycom.ops.fused_mlp`). Compared with autograd over
+`polycom.ops.reference`, the backward keeps only x (and up) plus r + 1 statistics per row.
 
 PolyNorm, per row of n values, on the scaled row q = x / s with s = max(max_j |x_j|, 1) and
 e_i = eps / s**(2i) (row scaling of `polycom.ops.reference`: the same formula exactly, no power can
-overflow; s = 1 for rows with max |x| <= 1, which then compute exactly as the unscaled formula),
-p_i = q**i, with c_i = w[r-i] * inv_i (per-row scalars):
+overflow), p_i = q**i, with c_i = w[r-i] * inv_i (per-row scalars):
 
     inv_i = rsqrt(mean(p_i**2) + e_i),  y = b + sum_i c_i p_i   (Horner in q)
     D_i = sum_j g_j p_ij,  k_i = i c_i inv_i**2 D_i / n
-    dx = (g * sum_i i c_i q**(i-1) - q * sum_i k_i q**(2i-2)) / s,    dw[r-i] = sum_rows inv_i D_i,  db = sum g
+    dx = (g * sum_i i c_i q**(i-1) - sum_i k_i q**(2i-1)) / s,    dw[r-i] = sum_rows inv_i D_i,  db = sum g
 
 PolyReLU, elementwise with q = relu(x):
 
@@ -24,6 +22,16 @@ follow the kernel launchers: forward returns (y, stats (..., r + 1)) for PolyNor
 inv_1..inv_r of the scaled row, column r: its scale s); backward takes
 ``needs = (dx, d_up, coefficients)`` and returns (dx, d_up or None, dweight, dbias), None for what
 is not needed.
+
+Why the code is written as in-place passes over one or two buffers: on a CPU the cost of these ops is
+dominated by fresh (rows, n) allocations, not arithmetic. A new 35 MB tensor is mapped from the OS and
+every page faults on first write (about 10 ms at 4096 x 2112 fp32 on a 2-core EPYC), while an in-place
+pass over the same tensor takes 1-2 ms. So each function allocates only what it returns plus at most
+one scratch tensor, and the fused MLP can hand in its own dead buffers (``work``, ``grad_writable``).
+When every |x| in the tensor is small enough that no power the formulas form can overflow or lose
+range (max |x|**r <= 2**30), the row scaling is skipped (s = 1 is saved): the same formula exactly,
+without the q = x / s copy. Under torch.compile the scaled form is always traced (no data-dependent
+branch; Inductor fuses the passes anyway).
 """
 
 from __future__ import annotations
@@ -35,13 +43,45 @@ from polycom.ops.dtypes import compute_dtype
 Needs = tuple[bool, bool, bool]
 ALL_GRADS: Needs = (True, True, True)
 
+# Skip PolyNorm's row scaling when max |x|**r stays below this: then |x|**(2r) <= 2**60, its row mean and
+# inv_r**3 >= 2**-90 stay far inside fp32's range, so s = 1 gives the scaled formula's result to rounding.
+_UNSCALED_POWER_LIMIT = 2.0**30
 
-def _horner(coefficients: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """sum_k coefficients[k] * x**k (coefficients lowest power first; scalars or per-row (..., 1))."""
-    acc = coefficients[-1] * x if len(coefficients) > 1 else coefficients[0].expand_as(x)
-    for k in range(len(coefficients) - 2, 0, -1):
-        acc = (acc + coefficients[k]) * x
-    return acc + coefficients[0] if len(coefficients) > 1 else acc
+# Row blocks of this many values (1 MB of fp32) for temporaries that would otherwise span the whole tensor.
+_BLOCK_ELEMENTS = 1 << 18
+
+
+def _horner_into(out: torch.Tensor, coefficients: list, q: torch.Tensor) -> torch.Tensor:
+    """out <- sum_k coefficients[k] * q**k (lowest power first; tensors: 0-dim or per-row (..., 1)); returns out.
+
+    Eager: one pass per power, ``addcmul`` written into out. Under torch.compile the same steps are written
+    functionally (a new tensor is returned; Inductor fuses them), so callers use the return value."""
+    top = coefficients[-1]
+    if torch.compiler.is_compiling():
+        acc = top.expand_as(q).clone()
+        for c in reversed(coefficients[:-1]):
+            acc = torch.addcmul(c, acc, q)
+        return acc
+    if len(coefficients) == 1:
+        return out.copy_(top.expand_as(out))
+    torch.addcmul(coefficients[-2], q, top, out=out)
+    for c in reversed(coefficients[:-2]):
+        torch.addcmul(c, out, q, out=out)
+    return out
+
+
+def _odd_horner_into(out: torch.Tensor, coefficients: list, q: torch.Tensor) -> torch.Tensor:
+    """out <- sum_i coefficients[i-1] * q**(2i-1), i = 1..len, i.e. q (k_1 + q**2 (k_2 + ...)); returns out
+    (a new tensor under torch.compile, as `_horner_into`)."""
+    if torch.compiler.is_compiling():
+        q2, acc = q * q, coefficients[-1].expand_as(q).clone()
+        for k in reversed(coefficients[:-1]):
+            acc = torch.addcmul(k, acc, q2)
+        return acc * q
+    torch.mul(q, coefficients[-1], out=out)  # k_r q, then (k + q (acc q)) q per step
+    for k in reversed(coefficients[:-1]):
+        torch.addcmul(k, out, q, out=out).mul_(q)
+    return out
 
 
 def row_scale(xc: torch.Tensor) -> torch.Tensor:
@@ -49,47 +89,51 @@ def row_scale(xc: torch.Tensor) -> torch.Tensor:
     return torch.maximum(xc.amax(dim=-1, keepdim=True), -xc.amin(dim=-1, keepdim=True)).clamp_min(1.0)
 
 
-def _all_unit_scale(values: torch.Tensor, limit_is_scale: bool) -> bool:
-    """True when every row's s is 1, so q = x and e_i = eps exactly and the rescaling can be skipped:
-    max |x| <= 1 over the whole tensor (one aminmax pass instead of per-row max and min plus two
-    divisions), or, for saved scales, all of them 1. Eager only: under torch.compile the scaled path is
-    traced (no data-dependent branch; Inductor fuses the extra work anyway). NaN gives False."""
-    if torch.compiler.is_compiling() or values.numel() == 0:
+def _scaling_needed(xc: torch.Tensor, r: int) -> bool:
+    """False when the whole tensor is small enough to skip the row scaling (see `_UNSCALED_POWER_LIMIT`);
+    always True under torch.compile. NaN or inf give True."""
+    if torch.compiler.is_compiling():
+        return True
+    if xc.numel() == 0:
         return False
-    if limit_is_scale:
-        return bool((values == 1).all())
-    lo, hi = torch.aminmax(values)
-    return bool(torch.maximum(hi, -lo) <= 1)
+    lo, hi = torch.aminmax(xc)
+    return not float(torch.maximum(hi, -lo)) <= _UNSCALED_POWER_LIMIT ** (1.0 / r)
 
 
-def poly_norm_stats(qc: torch.Tensor, s: torch.Tensor | None, r: int, eps: float) -> torch.Tensor:
-    """(..., r + 1): rsqrt(mean(q**(2i), -1) + eps / s**(2i)) for i = 1..r, then s (q = x / s);
-    s None: every row's scale is 1 (eps as is, a column of ones)."""
-    q2 = qc * qc
-    even = q2  # q**(2i)
-    s_even = s * s if s is not None else None  # s**(2i)
-    s2 = s_even
-    stats = []
+def _all_unit_scale(scales: torch.Tensor) -> bool:
+    """True when every saved row scale is 1 (then q = x and dx needs no / s); eager only."""
+    if torch.compiler.is_compiling() or scales.numel() == 0:
+        return False
+    return bool((scales == 1).all())
+
+
+def poly_norm_stats(qc: torch.Tensor, s: torch.Tensor | None, r: int, eps: float):
+    """(stats, power): stats (..., r + 1) = rsqrt(mean(q**(2i)) + eps / s**(2i)) for i = 1..r, then s
+    (s None: every scale is 1, eps as is, a column of ones); power = q**r in a new tensor (None if r == 1).
+
+    mean(q**(2i)) = ||q**i||**2 / n: one fused read per power (`vector_norm`), no squared copy."""
+    n = qc.shape[-1]
+    cols, power = [], qc
     for i in range(1, r + 1):
-        if i > 1:
-            even = even * q2
-            s_even = s_even * s2 if s is not None else None
-        stats.append(torch.rsqrt(even.mean(dim=-1, keepdim=True) + (eps / s_even if s is not None else eps)))
-    if s is None:
-        s = torch.ones_like(stats[0])
-    return torch.cat([*stats, s], dim=-1)
+        if i == 2:
+            power = qc * qc
+        elif i > 2:
+            power.mul_(qc)
+        mean_sq = torch.linalg.vector_norm(power, dim=-1, keepdim=True).square_().div_(n)
+        cols.append(torch.rsqrt(mean_sq + (eps if s is None else eps / s.pow(2 * i))))
+    cols.append(torch.ones_like(cols[0]) if s is None else s)
+    return torch.cat(cols, dim=-1), (power if r > 1 else None)
 
 
-def _scaled(x: torch.Tensor, stats: torch.Tensor, unit: bool = False) -> torch.Tensor:
+def _scaled(x: torch.Tensor, stats: torch.Tensor, unit: bool) -> torch.Tensor:
     """q = x / s in the compute dtype, s the last column of the saved statistics (unit: every s is 1)."""
     return x.to(stats.dtype) if unit else x.to(stats.dtype) / stats[..., -1:]
 
 
-def _poly_norm_values(qc, wc, bc, stats):
-    """y = b + sum_i w[r-i] inv_i q**i from saved statistics; returns (y, [c_1..c_r]) with c_i (..., 1)."""
+def _poly_norm_into(out, qc, wc, bc, stats) -> torch.Tensor:
+    """out <- b + sum_i w[r-i] inv_i q**i, in place."""
     r = wc.numel()
-    c = [wc[r - i] * stats[..., i - 1 : i] for i in range(1, r + 1)]
-    return _horner([bc, *c], qc), c
+    return _horner_into(out, [bc, *(wc[r - i] * stats[..., i - 1 : i] for i in range(1, r + 1))], qc)
 
 
 def poly_norm_forward(
@@ -97,16 +141,13 @@ def poly_norm_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(PolyNorm(x) (* up) in x's dtype, stats (..., r + 1) in the compute dtype: inv_1..inv_r, s)."""
     cd = compute_dtype(x.dtype)
-    xc = x.to(cd)
-    if _all_unit_scale(xc, limit_is_scale=False):  # the common case: no rescaling work at all
-        qc, s = xc, None
-    else:
-        s = row_scale(xc)
-        qc = xc / s
-    stats = poly_norm_stats(qc, s, weight.numel(), eps)
-    y, _ = _poly_norm_values(qc, weight.to(cd), bias.to(cd), stats)
+    xc, r = x.to(cd), weight.numel()
+    s = row_scale(xc) if _scaling_needed(xc, r) else None
+    qc = xc if s is None else xc / s
+    stats, power = poly_norm_stats(qc, s, r, eps)
+    y = _poly_norm_into(power if power is not None else torch.empty_like(qc), qc, weight.to(cd), bias.to(cd), stats)
     if up is not None:
-        y = y * up.to(cd)
+        y.mul_(up)
     return y.to(x.dtype), stats
 
 
@@ -115,11 +156,26 @@ def poly_norm_from_stats(
 ) -> torch.Tensor:
     """PolyNorm(x) (* up) recomputed from the saved statistics (no reductions), in x's dtype."""
     cd = stats.dtype
-    unit = _all_unit_scale(stats[..., -1], limit_is_scale=True)
-    y, _ = _poly_norm_values(_scaled(x, stats, unit), weight.to(cd), bias.to(cd), stats)
+    qc = _scaled(x, stats, _all_unit_scale(stats[..., -1]))
+    y = _poly_norm_into(torch.empty_like(qc), qc, weight.to(cd), bias.to(cd), stats)
     if up is not None:
-        y = y * up.to(cd)
+        y.mul_(up)
     return y.to(x.dtype)
+
+
+def _writable(t: torch.Tensor, cd: torch.dtype, writable: bool) -> tuple[torch.Tensor, bool]:
+    """t in the compute dtype, and whether this function may overwrite it (a fresh copy, or the caller said so)."""
+    tc = t.to(cd)
+    return tc, writable or tc is not t
+
+
+def _gate_grads(g, owns_g, up, needs, activation):
+    """Gated forms: (d_up = g * act(gate) in up's dtype or None, g * up, whether that is writable);
+    activation() returns act(gate) as a new tensor."""
+    d_up = None
+    if needs[1]:
+        d_up = activation().mul_(g).to(up.dtype)
+    return d_up, (g.mul_(up) if owns_g else g * up), True
 
 
 def poly_norm_backward(
@@ -130,37 +186,71 @@ def poly_norm_backward(
     bias: torch.Tensor,
     stats: torch.Tensor,
     needs: Needs = ALL_GRADS,
+    *,
+    work: torch.Tensor | None = None,
+    grad_writable: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(dx, d_up, dweight, dbias) of PolyNorm (gated when `up` is given) from x and the saved statistics."""
+    """(dx, d_up, dweight, dbias) of PolyNorm (gated when `up` is given) from x and the saved statistics.
+
+    work: a tensor of x's shape in the compute dtype that may be overwritten (else one is allocated);
+    grad_writable: grad may be overwritten (dx is then written into it)."""
     cd = stats.dtype
-    unit = _all_unit_scale(stats[..., -1], limit_is_scale=True)  # then q = x and dx needs no / s
-    qc, g, wc = _scaled(x, stats, unit), grad.to(cd), weight.to(cd)
+    unit = _all_unit_scale(stats[..., -1])
+    qc, wc, bc = _scaled(x, stats, unit), weight.to(cd), bias.to(cd)
     r, n = wc.numel(), x.shape[-1]
     inv, s = stats[..., :r], stats[..., r:]
+    g, owns_g = _writable(grad, cd, grad_writable)
     d_up = None
     if up is not None:
-        if needs[1]:
-            y, _ = _poly_norm_values(qc, wc, bias.to(cd), stats)
-            d_up = (g * y).to(up.dtype)
-        g = g * up.to(cd)
-    c = [wc[r - i] * inv[..., i - 1 : i] for i in range(1, r + 1)]
-    powers = [qc]
+        d_up, g, owns_g = _gate_grads(
+            g, owns_g, up, needs, lambda: _poly_norm_into(torch.empty_like(qc), qc, wc, bc, stats)
+        )
+    dbias = g.sum().reshape(1).to(bias.dtype) if needs[2] else None
+    work = torch.mul(g, qc) if work is None else work.copy_(g).mul_(qc)  # g * q**i for D_i
+    dots = [work.sum(dim=-1, keepdim=True)]
     for _ in range(1, r):
-        powers.append(powers[-1] * qc)
-    dots = torch.cat([torch.linalg.vecdot(g, p).unsqueeze(-1) for p in powers], dim=-1)  # D_i (..., r)
+        dots.append(work.mul_(qc).sum(dim=-1, keepdim=True))
     dx = None
     if needs[0]:
-        slope = _horner([i * c[i - 1] for i in range(1, r + 1)], qc)  # sum_i i c_i q**(i-1)
-        k = [i * c[i - 1] * inv[..., i - 1 : i] ** 2 * dots[..., i - 1 : i] / n for i in range(1, r + 1)]
-        correction = _horner(k, powers[1]) if r > 1 else k[0].expand_as(qc)  # sum_i k_i q**(2i-2)
-        dx = torch.addcmul(g * slope, qc, correction, value=-1)
-        dx = (dx if unit else dx / s).to(x.dtype)
-    dweight = dbias = None
+        c = [wc[r - i] * inv[..., i - 1 : i] for i in range(1, r + 1)]
+        k = [i * c[i - 1] * (inv[..., i - 1 : i].square() * dots[i - 1]) / n for i in range(1, r + 1)]
+        slope = [i * c[i - 1] for i in range(1, r + 1)]  # sum_i i c_i q**(i-1)
+        if owns_g:  # dx in g's buffer; work holds the slope, then the correction
+            dx = g.mul_(_horner_into(work, slope, qc))
+        else:
+            dx = _horner_into(torch.empty_like(qc), slope, qc).mul_(g)
+        dx.sub_(_odd_horner_into(work, k, qc))
+        dx = (dx if unit else dx.div_(s)).to(x.dtype)
+    dweight = None
     if needs[2]:
-        per_power = (inv * dots).reshape(-1, r).sum(dim=0)  # index i-1 -> dL/dw[r-i]
+        per_power = (inv * torch.cat(dots, dim=-1)).reshape(-1, r).sum(dim=0)  # index i-1 -> dL/dw[r-i]
         dweight = per_power.flip(0).to(weight.dtype)
-        dbias = g.sum().reshape(1).to(bias.dtype)
     return dx, d_up, dweight, dbias
+
+
+def _row_blocks(t: torch.Tensor) -> list[slice]:
+    """Slices of t's rows (dim 0) holding about `_BLOCK_ELEMENTS` values each; one slice under torch.compile."""
+    if torch.compiler.is_compiling():
+        return [slice(None)]
+    step = max(1, _BLOCK_ELEMENTS // max(t.shape[-1], 1))
+    return [slice(i, i + step) for i in range(0, t.shape[0], step)]
+
+
+def _poly_relu_into(out, q, wc, bc) -> torch.Tensor:
+    """out <- b + sum_i w[r-i] q**i, q = relu(x); returns out (see `_horner_into`)."""
+    r = wc.numel()
+    return _horner_into(out, [bc, *(wc[r - i] for i in range(1, r + 1))], q)
+
+
+def _poly_relu_values(xc: torch.Tensor, wc: torch.Tensor, bc: torch.Tensor) -> torch.Tensor:
+    """PolyReLU(x) in xc's dtype, as a new tensor; relu(x) only ever exists one row block at a time."""
+    if torch.compiler.is_compiling():
+        return _poly_relu_into(None, torch.relu(xc), wc, bc)
+    x2 = xc.reshape(-1, xc.shape[-1])
+    y = torch.empty_like(x2)
+    for rows in _row_blocks(x2):
+        _poly_relu_into(y[rows], torch.relu(x2[rows]), wc, bc)
+    return y.view(xc.shape)
 
 
 def poly_relu_forward(
@@ -168,12 +258,31 @@ def poly_relu_forward(
 ) -> torch.Tensor:
     """PolyReLU(x) (* up) in x's dtype."""
     cd = compute_dtype(x.dtype)
-    wc = weight.to(cd)
-    r = wc.numel()
-    y = _horner([bias.to(cd)[0], *(wc[r - i] for i in range(1, r + 1))], torch.relu(x.to(cd)))
+    y = _poly_relu_values(x.to(cd), weight.to(cd), bias.to(cd))
     if up is not None:
-        y = y * up.to(cd)
+        y.mul_(up)
     return y.to(x.dtype)
+
+
+def _poly_relu_backward_block(gb, xb, slope, r, needs, out_b):
+    """One row block of `poly_relu_backward`: ([sum g q**i for i = 1..r] or [], dx block or None); the dx
+    block is also written into out_b when given (eager). The block's scratch tensors are small."""
+    q = torch.relu(xb)  # keeps NaN, as torch.relu
+    sums, scratch, dx = [], None, None
+    if needs[2]:
+        scratch = gb * q  # g q**(i-1)
+        sums.append(scratch.sum())
+        for i in range(2, r + 1):
+            if i > 2:
+                scratch.mul_(q)
+            sums.append(torch.dot(scratch.reshape(-1), q.reshape(-1)))
+    if needs[0]:
+        buf = scratch if scratch is not None else torch.empty_like(q)
+        # [x > 0] = sign(q) (NaN stays NaN: torch.relu's gradient passes g there)
+        dx = _horner_into(buf, slope, q).mul_(gb).mul_(q.sign_())
+        if out_b is not None:
+            out_b.copy_(dx)
+    return sums, dx
 
 
 def poly_relu_backward(
@@ -183,45 +292,61 @@ def poly_relu_backward(
     weight: torch.Tensor,
     bias: torch.Tensor,
     needs: Needs = ALL_GRADS,
+    *,
+    grad_writable: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(dx, d_up, dweight, dbias) of PolyReLU (gated when `up` is given)."""
+    """(dx, d_up, dweight, dbias) of PolyReLU (gated when `up` is given); grad_writable as in
+    `poly_norm_backward`. Row blocks: relu(x) and the powers never exist for the whole tensor."""
     cd = compute_dtype(x.dtype)
-    xc, g, wc = x.to(cd), grad.to(cd), weight.to(cd)
-    r = wc.numel()
-    q = torch.relu(xc)
+    xc, wc, bc = x.to(cd), weight.to(cd), bias.to(cd)
+    r, n = wc.numel(), x.shape[-1]
+    g, owns_g = _writable(grad, cd, grad_writable)
     d_up = None
     if up is not None:
-        if needs[1]:
-            d_up = (g * _horner([bias.to(cd)[0], *(wc[r - i] for i in range(1, r + 1))], q)).to(up.dtype)
-        g = g * up.to(cd)
-    dx = None
-    if needs[0]:
-        slope = _horner([i * wc[r - i] for i in range(1, r + 1)], q)
-        dx = torch.where(xc > 0, g * slope, torch.zeros((), dtype=cd, device=x.device)).to(x.dtype)
-    dweight = dbias = None
+        d_up, g, owns_g = _gate_grads(g, owns_g, up, needs, lambda: _poly_relu_values(xc, wc, bc))
+    x2, g2 = xc.reshape(-1, n), g.reshape(-1, n)
+    slope = [i * wc[r - i] for i in range(1, r + 1)]  # sum_i i w[r-i] q**(i-1)
+    dbias = g.sum().reshape(1).to(bias.dtype) if needs[2] else None  # before dx may overwrite g
+    out = None
+    if needs[0] and not torch.compiler.is_compiling():
+        out = g2 if owns_g else torch.empty_like(x2)
+    per_block = [
+        _poly_relu_backward_block(g2[rows], x2[rows], slope, r, needs, out[rows] if out is not None else None)
+        for rows in _row_blocks(x2)
+    ]
+    dweight = dx = None
     if needs[2]:
-        flat_g, power, sums = g.reshape(-1), q.reshape(-1), []
-        for i in range(1, r + 1):
-            if i > 1:
-                power = power * q.reshape(-1)
-            sums.append(torch.dot(flat_g, power))
-        dweight = torch.stack(sums).flip(0).to(weight.dtype)
-        dbias = flat_g.sum().reshape(1).to(bias.dtype)
+        sums = torch.stack([torch.stack(block) for block, _ in per_block]).sum(dim=0)
+        dweight = sums.flip(0).to(weight.dtype)
+    if needs[0]:
+        dx = (out if out is not None else per_block[0][1]).view(x.shape).to(x.dtype)
     return dx, d_up, dweight, dbias
 
 
 def swiglu_forward(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up in the input dtype (the same ops as `polycom.SwiGLU`)."""
-    return torch.nn.functional.silu(gate) * up
+    """silu(gate) * up in the input dtype (the same ops as `polycom.SwiGLU`; one new tensor)."""
+    return torch.nn.functional.silu(gate).mul_(up)
 
 
 def swiglu_backward(
-    grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, needs: Needs = ALL_GRADS
+    grad: torch.Tensor,
+    gate: torch.Tensor,
+    up: torch.Tensor,
+    needs: Needs = ALL_GRADS,
+    *,
+    work: torch.Tensor | None = None,
+    grad_writable: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(d_gate, d_up): d_up = g silu(gate), d_gate = g up s (1 + gate (1 - s)), s = sigmoid(gate)."""
+    """(d_gate, d_up): d_up = g silu(gate), d_gate = g up (s + silu(gate) (1 - s)), s = sigmoid(gate);
+    `work` and `grad_writable` as in `poly_norm_backward`."""
     cd = compute_dtype(gate.dtype)
-    g, gc, uc = grad.to(cd), gate.to(cd), up.to(cd)
-    s = torch.sigmoid(gc)
-    d_up = (g * gc * s).to(up.dtype) if needs[1] else None
-    d_gate = (g * uc * s * (1 + gc * (1 - s))).to(gate.dtype) if needs[0] else None
+    gc, uc = gate.to(cd), up.to(cd)
+    g, owns_g = _writable(grad, cd, grad_writable)
+    s = torch.sigmoid(gc) if work is None else work.copy_(gc).sigmoid_()
+    silu = gc * s
+    factor = s.addcmul_(silu, s, value=-1).add_(silu).mul_(uc) if needs[0] else None  # s + silu - silu s
+    d_up = silu.mul_(g).to(up.dtype) if needs[1] else None  # before g may be overwritten
+    d_gate = None
+    if needs[0]:
+        d_gate = (g.mul_(factor) if owns_g else factor.mul_(g)).to(gate.dtype)
     return d_gate, d_up

@@ -56,11 +56,11 @@ def compiled(fn: Callable) -> Callable:
         _fall_back("no C++ compiler found (set CXX or install g++)")
         return fn
 
-    def run(*args):
+    def run(*args, **kwargs):
         try:
-            return _compiled_version(fn)(*args)
+            return _compiled_version(fn)(*args, **kwargs)
         except Exception as exc:  # any compile failure: eager gives the same numbers
             _fall_back(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-            return fn(*args)
+            return fn(*args, **kwargs)
 
     return run

@@ -1,7 +1,7 @@
 """The ``torch`` backend of `polycom.ops`: autograd Functions over the closed-form math.
 
 Forward and backward come from `polycom.ops.closed_form` (the kernels' formulas), so autograd keeps
-x (and up) plus r statistics per row instead of every intermediate of the reference, and the
+x (and up) plus r + 1 statistics per row instead of every intermediate of the reference, and the
 backward is a handful of passes. `polycom.ops.reference` stays the readable oracle the tests compare
 against. The functions have the same names and signatures as `polycom.ops.triton`'s.
 """
