@@ -128,8 +128,9 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_compile_fullgraph_matches_eager():
-    m = _mlp("polynorm", dtype=torch.float32)
+@pytest.mark.parametrize("name", FUSED)
+def test_compile_fullgraph_matches_eager(name):
+    m = _mlp(name, dtype=torch.float32)
     x = torch.randn(4, 12, requires_grad=True)
     y_eager, g_eager = _grads(m, x, torch.ones(4, 12))
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
