@@ -29,18 +29,32 @@ def _fake_run(folder, cfg: ModelConfig, tokenizer, step: int = 3):
     return model
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_export_cli_round_trip_byte_tokenizer(tmp_path, tied):
+@pytest.mark.parametrize(
+    "tied, activation, options",
+    [(False, "polynorm", {}), (True, "polynorm", {}), (False, "polycom", {"base": "silu", "composition": 2})],
+    ids=["untied", "tied", "polycom-options"],
+)
+def test_export_cli_round_trip_byte_tokenizer(tmp_path, tied, activation, options):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, activation="polynorm", tie_embeddings=tied)
+    cfg = ModelConfig(
+        vocab_size=256,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        activation=activation,
+        activation_options=options,
+        tie_embeddings=tied,
+    )
     harness = _fake_run(tmp_path / "run", cfg, ByteTokenizer()).eval()
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     hf = tmp_path / "hf"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in hf.iterdir()}
-    assert json.loads((hf / "config.json").read_text())["polycom_source"]["checkpoint"] == "step_00000003.pt"
+    saved = json.loads((hf / "config.json").read_text())
+    assert saved["polycom_source"]["checkpoint"] == "step_00000003.pt"
+    assert saved.get("activation_options", {}) == options  # the run's activation options travel with the folder
     card = (hf / "README.md").read_text()
-    assert "import polycom.hf" in card and "step_00000003.pt" in card and "polynorm" in card
+    assert "import polycom.hf" in card and "step_00000003.pt" in card and activation in card
 
     model = AutoModelForCausalLM.from_pretrained(hf).eval()
     tok = AutoTokenizer.from_pretrained(hf)

@@ -11,8 +11,12 @@ What transformers adds: a `Cache` (``DynamicCache``) for ``generate()``, 2-D pad
 convention (``labels`` = ``input_ids``, shifted inside; loss = mean token cross-entropy + MoE
 auxiliary loss, as the harness), safetensors ``save_pretrained`` / ``from_pretrained``.
 
-Per block:  a = h + o_proj(attn(RoPE(q), RoPE(k), v))    on attn_norm(h)
-            h' = a + mlp(mlp_norm(a))                    (dense MLP or MoE)
+Per block:  a = h + drop(o_proj(attn(RoPE(q), RoPE(k), v)))    on attn_norm(h)
+            h' = a + drop(mlp(mlp_norm(a)))                    (dense MLP or MoE)
+
+drop = dropout with p = hidden_dropout in training only (identity at p = 0 or in eval), as the
+harness `Block`; every option of the block (activation options, dropouts, fused MLP, grouped_mm)
+comes from the one converted `config.to_model_config()`.
 """
 
 from __future__ import annotations
@@ -85,13 +89,14 @@ class PolyComDecoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: PolyComConfig, layer_idx: int) -> None:
         super().__init__()
+        mc = config.to_model_config()  # activation options, dropout, fused_mlp, grouped_mm as the harness reads them
         self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.attn = PolyComAttention(config, layer_idx)
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.hidden_dropout = mc.hidden_dropout
         if config.is_moe:
-            self.mlp = MoEMLP(config.to_model_config())
+            self.mlp = MoEMLP(mc)
         else:
-            mc = config.to_model_config()
             self.mlp = MLP(
                 config.hidden_size,
                 config.activation,
@@ -102,12 +107,17 @@ class PolyComDecoderLayer(GradientCheckpointingLayer):
             self.mlp.down_proj._polycom_output_proj = True
 
     def forward(self, x, cos, sin, mask=None, cache=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
+        x = x + self._dropout(self.attn(self.attn_norm(x), cos, sin, mask, cache))
         out = self.mlp(self.mlp_norm(x))
         stats = None
         if isinstance(out, tuple):
             out, stats = out
-        return x + out, stats
+        return x + self._dropout(out), stats
+
+    def _dropout(self, y: torch.Tensor) -> torch.Tensor:
+        # the harness Block's hidden dropout, in the same order (same random draws under one seed);
+        # skipped at p = 0 so runs without it draw nothing
+        return F.dropout(y, self.hidden_dropout, training=True) if self.hidden_dropout and self.training else y
 
 
 class PolyComPreTrainedModel(PreTrainedModel):
@@ -120,15 +130,18 @@ class PolyComPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Harness init: N(0, std^2); o_proj/down_proj N(0, (std / sqrt(2 L))^2); norms 1; PolyCom 1/r, 0."""
+        """Harness init: N(0, std^2); o_proj/down_proj N(0, (std / sqrt(2 L))^2); norms 1; PolyCom 1/r, 0.
+
+        With initializer_truncation k > 0 every normal draw is truncated to [-k s, k s] for its std s.
+        """
         std = self.config.initializer_range
         out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
         if isinstance(module, nn.Linear):
-            init.normal_(module.weight, 0.0, out_std if getattr(module, "_polycom_output_proj", False) else std)
+            self._normal(module.weight, out_std if getattr(module, "_polycom_output_proj", False) else std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, 0.0, std)
+            self._normal(module.weight, std)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
         elif isinstance(module, PolyCoefficients):
@@ -137,8 +150,16 @@ class PolyComPreTrainedModel(PreTrainedModel):
         elif isinstance(module, Experts):
             for w in (module.gate_proj, module.up_proj):
                 if w is not None:
-                    init.normal_(w, 0.0, std)
-            init.normal_(module.down_proj, 0.0, out_std)
+                    self._normal(w, std)
+            self._normal(module.down_proj, out_std)
+
+    def _normal(self, weight: torch.Tensor, std: float) -> None:
+        """N(0, std^2) in place, truncated at +-k std for k = initializer_truncation > 0 (the harness rule)."""
+        k = self.config.initializer_truncation
+        if k > 0:
+            init.trunc_normal_(weight, 0.0, std, -k * std, k * std)
+        else:
+            init.normal_(weight, 0.0, std)
 
 
 class PolyComModel(PolyComPreTrainedModel):
