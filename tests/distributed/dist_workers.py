@@ -139,14 +139,22 @@ def tiny_batches(steps: int, batch: int = 4, seq: int = 12, vocab: int = 64, see
     return batches
 
 
-def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, name: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW (lr 1e-2, weight decay 0.1), or "sgd": plain SGD (lr 0.5), under which trained parameters are a
+    well-conditioned function of the gradients (AdamW's first steps move a weight by about lr whatever the
+    size of its gradient, so a 1e-8 gradient that rounds differently on two layouts moves it differently)."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=0.5)
     return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
 
 
-def run_steps(model, opt, batches, dp_rank: int, dp_size: int, dp_group=None, clip: float | None = 1.0) -> list[float]:
+def run_steps(
+    model, opt, batches, dp_rank: int, dp_size: int, dp_group=None, clip: float | None = 1.0, first_grads=None
+) -> list[float]:
     """One optimizer step per global batch; this data-parallel rank trains on its slice of the rows.
 
     Returns the global mean loss of every step (mean over the data-parallel ranks' equal slices).
+    first_grads: a dict to fill with the first step's full gradients (`full_grads`, before clipping).
     """
     import torch.distributed as dist
 
@@ -157,6 +165,8 @@ def run_steps(model, opt, batches, dp_rank: int, dp_size: int, dp_group=None, cl
         rows = tokens.chunk(dp_size)[dp_rank]
         out = model(rows[:, :-1], rows[:, 1:])
         out.loss.backward()
+        if first_grads is not None and not first_grads:
+            first_grads.update(full_grads(model))
         if clip is not None:
             clip_grad_norm_(model.parameters(), clip)
         opt.step()
@@ -169,30 +179,42 @@ def run_steps(model, opt, batches, dp_rank: int, dp_size: int, dp_group=None, cl
     return losses
 
 
-def reference_losses(model_cfg: dict, steps: int, dp_size: int, clip: float | None = 1.0, seed: int = 1234):
+def reference_run(
+    model_cfg: dict, steps: int, dp_size: int, clip: float | None = 1.0, seed: int = 1234, optimizer: str = "adamw"
+) -> dict:
     """The same run in ONE process: each global batch split in dp_size micro-batches, gradients averaged.
 
     This is exactly what data parallelism computes (it also holds for MoE, whose auxiliary loss is
     per micro-batch); for dense models it equals the full-batch step up to float rounding.
+    Returns {"losses": per step, "grads": name -> first step's gradient (before clipping),
+    "params": name -> value after the last step, "mlp_paths": `record_mlp_paths`}.
     """
     from polycom.models import build_model
 
     torch.manual_seed(seed)
     model = build_model(tiny_config(**model_cfg))
-    opt = make_optimizer(model)
-    losses = []
+    paths = record_mlp_paths(model)
+    opt = make_optimizer(model, optimizer)
+    losses, grads = [], {}
     for tokens in tiny_batches(steps):
         total = 0.0
         for rows in tokens.chunk(dp_size):
             out = model(rows[:, :-1], rows[:, 1:])
             (out.loss / dp_size).backward()
             total += out.loss.item() / dp_size
+        if not grads:
+            grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(total)
-    return losses
+    return {"losses": losses, "grads": grads, "params": full_params(model), "mlp_paths": paths}
+
+
+def reference_losses(model_cfg: dict, steps: int, dp_size: int, clip: float | None = 1.0, seed: int = 1234):
+    """The loss curve of `reference_run`."""
+    return reference_run(model_cfg, steps, dp_size, clip, seed)["losses"]
 
 
 def parallel_train_worker(rank: int, world_size: int, runs: list[dict]) -> list[list[float]]:
@@ -239,11 +261,14 @@ def _build(ctx, run: dict):
 def run_task(ctx, task: dict):
     """One task on an initialised context. kinds:
     train:  build + parallelize + train `steps` steps -> loss curve
+    train_state: the same -> {"losses", "grads" (first step, full), "params" (full, after), "mlp_paths"}
+    grads:  build + parallelize, one backward of the first global batch -> `full_grads`
     save:   train `save_at` steps, save_sharded(path, extra_state={"step": save_at}), train to `steps`
             -> losses of the steps after the save
     resume: build + parallelize, load_sharded(path) -> (extra_state, losses of steps extra["step"]..steps)
     meta_init: build on meta + parallelize -> facts about the initialised weights
     error:  run `inner` (a task) expecting a UserError -> its message
+    The optimizer is `make_optimizer(model, task.get("optimizer", "adamw"))`.
     """
     from polycom.errors import UserError
     from polycom.train.checkpoint import load_sharded, save_sharded
@@ -258,9 +283,13 @@ def run_task(ctx, task: dict):
             return f"UserError: {exc}"
         return "no error"
     model = _build(ctx, task)
-    opt = make_optimizer(model)
+    opt = make_optimizer(model, task.get("optimizer", "adamw"))
     if kind == "train":
         return run_steps(model, opt, batches, ctx.dp_rank, ctx.dp_size, dp_group)
+    if kind == "train_state":  # as reference_run returns it
+        paths, grads = record_mlp_paths(model), {}
+        losses = run_steps(model, opt, batches, ctx.dp_rank, ctx.dp_size, dp_group, first_grads=grads)
+        return {"losses": losses, "grads": grads, "params": full_params(model), "mlp_paths": paths}
     if kind == "grads":  # gradients of the first global batch (dp ranks average their slices)
         rows = tiny_batches(1)[0].chunk(ctx.dp_size)[ctx.dp_rank]
         model(rows[:, :-1], rows[:, 1:]).loss.backward()
@@ -334,13 +363,40 @@ def full_grads(model) -> dict[str, torch.Tensor]:
 
 def reference_grads(model_cfg: dict, dp_size: int, seed: int = 1234) -> dict[str, torch.Tensor]:
     """Gradients of the first global batch in one process, dp micro-batches averaged."""
-    from polycom.models import build_model
+    return reference_run(model_cfg, 1, dp_size, seed=seed)["grads"]
 
-    torch.manual_seed(seed)
-    model = build_model(tiny_config(**model_cfg))
-    for rows in tiny_batches(1)[0].chunk(dp_size):
-        (model(rows[:, :-1], rows[:, 1:]).loss / dp_size).backward()
-    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+def full_params(model) -> dict[str, torch.Tensor]:
+    """name -> full parameter value (DTensor shards gathered: a collective on every rank)."""
+    return {
+        name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+        for name, p in model.named_parameters()
+    }
+
+
+FUSED_MLP_NODE = "FusedMLPFunctionBackward"  # grad_fn class of polycom.ops.fused_mlp.FusedMLPFunction's output
+
+
+def record_mlp_paths(model) -> list[tuple[str, bool]]:
+    """Hook every `polycom.MLP` in `model`; each call then appends (its output's grad_fn class name,
+    whether up_proj.weight was a DTensor during the call) to the returned list.
+
+    FUSED_MLP_NODE as the name proves that the fused node produced the block's output (so its
+    backward runs); any other name (e.g. the down projection's view) means the unfused modules ran.
+    The hook sits on the MLP itself: `MLP._fused_kind` only looks at hooks on its projections."""
+    from torch.distributed.tensor import DTensor
+
+    from polycom.modules.mlp import MLP
+
+    calls: list[tuple[str, bool]] = []
+
+    def hook(module, args, output):
+        calls.append((type(output.grad_fn).__name__, isinstance(module.up_proj.weight, DTensor)))
+
+    for module in model.modules():
+        if isinstance(module, MLP):
+            module.register_forward_hook(hook)
+    return calls
 
 
 # ----------------------------------------------------------------------------------------------------
