@@ -23,15 +23,17 @@ inv_1..inv_r of the scaled row, column r: its scale s); backward takes
 ``needs = (dx, d_up, coefficients)`` and returns (dx, d_up or None, dweight, dbias), None for what
 is not needed.
 
-Why the code is written as in-place passes over one or two buffers: on a CPU the cost of these ops is
-dominated by fresh (rows, n) allocations, not arithmetic. A new 35 MB tensor is mapped from the OS and
-every page faults on first write (about 10 ms at 4096 x 2112 fp32 on a 2-core EPYC), while an in-place
-pass over the same tensor takes 1-2 ms. So each function allocates only what it returns plus at most
-one scratch tensor, and the fused MLP can hand in its own dead buffers (``work``, ``grad_writable``).
-When every |x| in the tensor is small enough that no power the formulas form can overflow or lose
-range (max |x|**r <= 2**30), the row scaling is skipped (s = 1 is saved): the same formula exactly,
-without the q = x / s copy. Under torch.compile the scaled form is always traced (no data-dependent
-branch; Inductor fuses the passes anyway).
+Why the code is written as row blocks of in-place passes: on a CPU the cost of these ops is memory,
+not arithmetic. A fresh 35 MB tensor is mapped from the OS and every page faults on first write (about
+10 ms at 4096 x 2112 fp32 on a 2-core EPYC), an in-place pass over it takes 1-2 ms, and the same pass
+over a 2 MB block that is already in cache a fraction of that. So each function allocates only what it
+returns, walks the rows in blocks of about `_BLOCK_ELEMENTS` values (every temporary is block-sized and
+reused from the allocator's cache), evaluates polynomials as one ``addcmul`` per power, and can write
+its result into the caller's dead upstream gradient (``grad_writable``: the fused MLP's own d(a)).
+When every |x| in a block is small enough that no power the formulas form can overflow or lose range
+(max |x|**r <= 2**30), PolyNorm's row scaling is skipped (s = 1 is saved): the same formula exactly,
+without the q = x / s copy. Under torch.compile everything is one block and the scaled form is always
+traced (no data-dependent branch; Inductor fuses the passes anyway).
 """
 
 from __future__ import annotations
@@ -47,8 +49,27 @@ ALL_GRADS: Needs = (True, True, True)
 # inv_r**3 >= 2**-90 stay far inside fp32's range, so s = 1 gives the scaled formula's result to rounding.
 _UNSCALED_POWER_LIMIT = 2.0**30
 
-# Row blocks of this many values (1 MB of fp32) for temporaries that would otherwise span the whole tensor.
-_BLOCK_ELEMENTS = 1 << 18
+# Row blocks of this many values (2 MB of fp32): a block's passes run in cache and its temporaries are
+# small (measured on the 2-core EPYC: PolyNorm forward + backward over 1024 x 2112 took 17.7 ms whole,
+# 9.0 ms in 256-row blocks; 4096 x 2112: 88 ms whole, 26 ms blocked).
+_BLOCK_ELEMENTS = 1 << 19
+
+
+def _row_blocks(t: torch.Tensor) -> list[slice]:
+    """Slices of t's rows (dim 0) holding about `_BLOCK_ELEMENTS` values each; one slice under torch.compile."""
+    if torch.compiler.is_compiling():
+        return [slice(None)]
+    step = max(1, _BLOCK_ELEMENTS // max(t.shape[-1], 1))
+    return [slice(i, i + step) for i in range(0, t.shape[0], step)]
+
+
+def _rows(t: torch.Tensor | None) -> torch.Tensor | None:
+    """t as (rows, last dim) (a view when t's layout allows), None stays None."""
+    return None if t is None else t.reshape(-1, t.shape[-1])
+
+
+def _block(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    return None if t is None else t[rows]
 
 
 def _horner_into(out: torch.Tensor, coefficients: list, q: torch.Tensor) -> torch.Tensor:
@@ -108,21 +129,26 @@ def _all_unit_scale(scales: torch.Tensor) -> bool:
 
 
 def poly_norm_stats(qc: torch.Tensor, s: torch.Tensor | None, r: int, eps: float):
-    """(stats, power): stats (..., r + 1) = rsqrt(mean(q**(2i)) + eps / s**(2i)) for i = 1..r, then s
+    """(stats, power): stats (rows, r + 1) = rsqrt(mean(q**(2i)) + eps / s**(2i)) for i = 1..r, then s
     (s None: every scale is 1, eps as is, a column of ones); power = q**r in a new tensor (None if r == 1).
+    qc is (rows, n).
 
     mean(q**(2i)) = ||q**i||**2 / n: one fused read per power (`vector_norm`), no squared copy."""
     n = qc.shape[-1]
-    cols, power = [], qc
+    norms, power = [], qc
     for i in range(1, r + 1):
         if i == 2:
             power = qc * qc
         elif i > 2:
             power.mul_(qc)
-        mean_sq = torch.linalg.vector_norm(power, dim=-1, keepdim=True).square_().div_(n)
-        cols.append(torch.rsqrt(mean_sq + (eps if s is None else eps / s.pow(2 * i))))
-    cols.append(torch.ones_like(cols[0]) if s is None else s)
-    return torch.cat(cols, dim=-1), (power if r > 1 else None)
+        norms.append(torch.linalg.vector_norm(power, dim=-1, keepdim=True))
+    mean_sq = torch.cat(norms, dim=-1).square_().div_(n)
+    if s is None:
+        stats = torch.cat([mean_sq.add_(eps).rsqrt_(), torch.ones_like(mean_sq[:, :1])], dim=-1)
+    else:
+        even = torch.arange(2, 2 * r + 1, 2, dtype=qc.dtype, device=qc.device)
+        stats = torch.cat([mean_sq.add_(eps / s.pow(even)).rsqrt_(), s], dim=-1)
+    return stats, (power if r > 1 else None)
 
 
 def _scaled(x: torch.Tensor, stats: torch.Tensor, unit: bool) -> torch.Tensor:
@@ -130,37 +156,58 @@ def _scaled(x: torch.Tensor, stats: torch.Tensor, unit: bool) -> torch.Tensor:
     return x.to(stats.dtype) if unit else x.to(stats.dtype) / stats[..., -1:]
 
 
-def _poly_norm_into(out, qc, wc, bc, stats) -> torch.Tensor:
-    """out <- b + sum_i w[r-i] inv_i q**i, in place."""
+def _poly_norm_into(out, q, c, bc) -> torch.Tensor:
+    """out <- b + sum_i c_i q**i with c (rows, r) = w[r-i] inv_i in column i-1; returns out (see `_horner_into`)."""
+    return _horner_into(out, [bc, *c.split(1, dim=-1)], q)
+
+
+def _coefficients(wc: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """c (rows, r): column i-1 holds c_i = w[r-i] inv_i (inv (rows, r): inv_1..inv_r)."""
+    return wc.flip(0) * inv
+
+
+def _poly_norm_forward_rows(xb, ub, wc, bc, eps, out):
+    """One row block (rows, n) in the compute dtype: (y = PolyNorm(x) (* up), written into out when given
+    (eager), stats (rows, r + 1))."""
     r = wc.numel()
-    return _horner_into(out, [bc, *(wc[r - i] * stats[..., i - 1 : i] for i in range(1, r + 1))], qc)
+    s = row_scale(xb) if _scaling_needed(xb, r) else None
+    qb = xb if s is None else xb / s
+    stats, power = poly_norm_stats(qb, s, r, eps)
+    if out is None:  # compile (one block): the power's buffer becomes the output
+        out = power if power is not None else torch.empty_like(qb)
+    y = _poly_norm_into(out, qb, _coefficients(wc, stats[:, :r]), bc)
+    return (y if ub is None else y.mul_(ub)), stats
 
 
 def poly_norm_forward(
     x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(PolyNorm(x) (* up) in x's dtype, stats (..., r + 1) in the compute dtype: inv_1..inv_r, s)."""
+    """(PolyNorm(x) (* up) in x's dtype, stats (..., r + 1) in the compute dtype: inv_1..inv_r, s), by row block."""
     cd = compute_dtype(x.dtype)
-    xc, r = x.to(cd), weight.numel()
-    s = row_scale(xc) if _scaling_needed(xc, r) else None
-    qc = xc if s is None else xc / s
-    stats, power = poly_norm_stats(qc, s, r, eps)
-    y = _poly_norm_into(power if power is not None else torch.empty_like(qc), qc, weight.to(cd), bias.to(cd), stats)
-    if up is not None:
-        y.mul_(up)
-    return y.to(x.dtype), stats
+    x2, u2, wc, bc = _rows(x.to(cd)), _rows(up), weight.to(cd), bias.to(cd)
+    if torch.compiler.is_compiling():
+        y, stats = _poly_norm_forward_rows(x2, u2, wc, bc, eps, None)
+    else:
+        y, stats = torch.empty_like(x2), x2.new_empty(x2.shape[0], wc.numel() + 1)
+        for rows in _row_blocks(x2):
+            stats[rows] = _poly_norm_forward_rows(x2[rows], _block(u2, rows), wc, bc, eps, y[rows])[1]
+    return y.view(x.shape).to(x.dtype), stats.view(*x.shape[:-1], wc.numel() + 1)
 
 
 def poly_norm_from_stats(
     x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, stats: torch.Tensor
 ) -> torch.Tensor:
-    """PolyNorm(x) (* up) recomputed from the saved statistics (no reductions), in x's dtype."""
+    """PolyNorm(x) (* up) recomputed from the saved statistics (no reductions), in x's dtype, by row block."""
     cd = stats.dtype
-    qc = _scaled(x, stats, _all_unit_scale(stats[..., -1]))
-    y = _poly_norm_into(torch.empty_like(qc), qc, weight.to(cd), bias.to(cd), stats)
-    if up is not None:
-        y.mul_(up)
-    return y.to(x.dtype)
+    x2, u2, st2, wc, bc = _rows(x), _rows(up), _rows(stats), weight.to(cd), bias.to(cd)
+    r, unit = wc.numel(), _all_unit_scale(st2[:, -1])
+    c = _coefficients(wc, st2[:, :r])
+    y = None if torch.compiler.is_compiling() else torch.empty(x2.shape, dtype=cd, device=x.device)
+    for rows in _row_blocks(x2):
+        yb = _poly_norm_into(_block(y, rows), _scaled(x2[rows], st2[rows], unit), c[rows], bc)
+        yb = yb if u2 is None else yb.mul_(u2[rows])
+        y = yb if y is None else y
+    return y.view(x.shape).to(x.dtype)
 
 
 def _writable(t: torch.Tensor, cd: torch.dtype, writable: bool) -> tuple[torch.Tensor, bool]:
@@ -178,6 +225,35 @@ def _gate_grads(g, owns_g, up, needs, activation):
     return d_up, (g.mul_(up) if owns_g else g * up), True
 
 
+def _poly_norm_backward_rows(g, owns_g, q, ub, bc, per_row, needs, outs):
+    """One row block (rows, n) of the scaled input q: (dx, d_up, D (rows, r), sum g) in the compute dtype.
+
+    per_row = (c, slope, k_factor, s): (rows, r) columns i-1 = c_i, i c_i, i c_i inv_i**2 / n, and the row
+    scales (rows, 1) or None when every s is 1. outs = (dx_out, d_up_out): dx goes into dx_out when given
+    (eager), else over g when owns_g (the caller's writable gradient), else into a new tensor."""
+    c, slope_c, k_factor, s = per_row
+    dx_out, d_up_out = outs
+    d_up = None
+    if ub is not None:
+        if needs[1]:
+            d_up = _poly_norm_into(d_up_out if d_up_out is not None else torch.empty_like(q), q, c, bc).mul_(g)
+        g, owns_g = (g.mul_(ub) if owns_g else g * ub), True
+    g_sum = g.sum() if needs[2] else None
+    t = g * q  # g q**i, for D_i = sum_j g_j q_j**i
+    dots = [t.sum(dim=-1, keepdim=True)]
+    for _ in range(1, c.shape[-1]):
+        dots.append(t.mul_(q).sum(dim=-1, keepdim=True))
+    dots = torch.cat(dots, dim=-1)
+    dx = None
+    if needs[0]:
+        slope = _horner_into(t, slope_c.split(1, dim=-1), q)  # sum_i i c_i q**(i-1)
+        correction = _odd_horner_into(torch.empty_like(q), (k_factor * dots).split(1, dim=-1), q)  # sum k_i q**(2i-1)
+        dx = (torch.mul(g, slope, out=dx_out) if dx_out is not None or not owns_g else g.mul_(slope)).sub_(correction)
+        if s is not None:
+            dx.div_(s)
+    return dx, d_up, dots, g_sum
+
+
 def poly_norm_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
@@ -187,53 +263,46 @@ def poly_norm_backward(
     stats: torch.Tensor,
     needs: Needs = ALL_GRADS,
     *,
-    work: torch.Tensor | None = None,
     grad_writable: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(dx, d_up, dweight, dbias) of PolyNorm (gated when `up` is given) from x and the saved statistics.
-
-    work: a tensor of x's shape in the compute dtype that may be overwritten (else one is allocated);
-    grad_writable: grad may be overwritten (dx is then written into it)."""
+    """(dx, d_up, dweight, dbias) of PolyNorm (gated when `up` is given) from x and the saved statistics,
+    by row block. grad_writable: grad may be overwritten (dx is then written into it, no new tensor)."""
     cd = stats.dtype
-    unit = _all_unit_scale(stats[..., -1])
-    qc, wc, bc = _scaled(x, stats, unit), weight.to(cd), bias.to(cd)
-    r, n = wc.numel(), x.shape[-1]
-    inv, s = stats[..., :r], stats[..., r:]
+    wc, bc, r, n = weight.to(cd), bias.to(cd), weight.numel(), x.shape[-1]
     g, owns_g = _writable(grad, cd, grad_writable)
-    d_up = None
-    if up is not None:
-        d_up, g, owns_g = _gate_grads(
-            g, owns_g, up, needs, lambda: _poly_norm_into(torch.empty_like(qc), qc, wc, bc, stats)
-        )
-    dbias = g.sum().reshape(1).to(bias.dtype) if needs[2] else None
-    work = torch.mul(g, qc) if work is None else work.copy_(g).mul_(qc)  # g * q**i for D_i
-    dots = [work.sum(dim=-1, keepdim=True)]
-    for _ in range(1, r):
-        dots.append(work.mul_(qc).sum(dim=-1, keepdim=True))
-    dx = None
+    x2, g2, u2, st2 = _rows(x), _rows(g), _rows(up), _rows(stats)
+    unit = _all_unit_scale(st2[:, -1])  # then q = x and dx needs no / s
+    inv = st2[:, :r]
+    c = _coefficients(wc, inv)
+    slope_c = c * torch.arange(1, r + 1, dtype=cd, device=c.device)
+    per_row = (c, slope_c, slope_c * inv.square() / n, None if unit else st2[:, r:])
+    eager = not torch.compiler.is_compiling()
+    dx_all = torch.empty(x2.shape, dtype=cd, device=x.device) if eager and needs[0] and not owns_g else None
+    d_up_all = torch.empty(x2.shape, dtype=cd, device=x.device) if eager and up is not None and needs[1] else None
+    parts = [
+        _poly_norm_backward_rows(
+            g2[rows],
+            owns_g,
+            _scaled(x2[rows], st2[rows], unit),
+            _block(u2, rows),
+            bc,
+            [_block(t, rows) for t in per_row],
+            needs,
+            (_block(dx_all, rows), _block(d_up_all, rows)),
+        )  # fmt: skip
+        for rows in _row_blocks(x2)
+    ]
+    dx = d_up = dweight = dbias = None
     if needs[0]:
-        c = [wc[r - i] * inv[..., i - 1 : i] for i in range(1, r + 1)]
-        k = [i * c[i - 1] * (inv[..., i - 1 : i].square() * dots[i - 1]) / n for i in range(1, r + 1)]
-        slope = [i * c[i - 1] for i in range(1, r + 1)]  # sum_i i c_i q**(i-1)
-        if owns_g:  # dx in g's buffer; work holds the slope, then the correction
-            dx = g.mul_(_horner_into(work, slope, qc))
-        else:
-            dx = _horner_into(torch.empty_like(qc), slope, qc).mul_(g)
-        dx.sub_(_odd_horner_into(work, k, qc))
-        dx = (dx if unit else dx.div_(s)).to(x.dtype)
-    dweight = None
+        dx = (g2 if owns_g else dx_all) if eager else parts[0][0]
+        dx = dx.view(x.shape).to(x.dtype)
+    if up is not None and needs[1]:
+        d_up = (d_up_all if eager else parts[0][1]).view(up.shape).to(up.dtype)
     if needs[2]:
-        per_power = (inv * torch.cat(dots, dim=-1)).reshape(-1, r).sum(dim=0)  # index i-1 -> dL/dw[r-i]
-        dweight = per_power.flip(0).to(weight.dtype)
+        dots = torch.cat([p[2] for p in parts]) if parts else inv.new_zeros(0, r)
+        dweight = (inv * dots).sum(dim=0).flip(0).to(weight.dtype)  # index i-1 -> dL/dw[r-i]
+        dbias = (torch.stack([p[3] for p in parts]).sum() if parts else bc.new_zeros(())).reshape(1).to(bias.dtype)
     return dx, d_up, dweight, dbias
-
-
-def _row_blocks(t: torch.Tensor) -> list[slice]:
-    """Slices of t's rows (dim 0) holding about `_BLOCK_ELEMENTS` values each; one slice under torch.compile."""
-    if torch.compiler.is_compiling():
-        return [slice(None)]
-    step = max(1, _BLOCK_ELEMENTS // max(t.shape[-1], 1))
-    return [slice(i, i + step) for i in range(0, t.shape[0], step)]
 
 
 def _poly_relu_into(out, q, wc, bc) -> torch.Tensor:
@@ -316,8 +385,8 @@ def poly_relu_backward(
     ]
     dweight = dx = None
     if needs[2]:
-        sums = torch.stack([torch.stack(block) for block, _ in per_block]).sum(dim=0)
-        dweight = sums.flip(0).to(weight.dtype)
+        sums = [torch.stack(block) for block, _ in per_block]
+        dweight = (torch.stack(sums).sum(dim=0) if sums else wc.new_zeros(r)).flip(0).to(weight.dtype)
     if needs[0]:
         dx = (out if out is not None else per_block[0][1]).view(x.shape).to(x.dtype)
     return dx, d_up, dweight, dbias
@@ -328,25 +397,43 @@ def swiglu_forward(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.silu(gate).mul_(up)
 
 
+def _swiglu_backward_rows(g, owns_g, gate, up, needs, d_gate_out, d_up_out):
+    """One row block: (d_gate, d_up); d_gate overwrites g when owns_g, else goes into d_gate_out (eager)."""
+    s = torch.sigmoid(gate)
+    silu = gate * s
+    factor = s.addcmul_(silu, s, value=-1).add_(silu).mul_(up) if needs[0] else None  # s + silu - silu s
+    d_up = torch.mul(silu, g, out=d_up_out) if needs[1] else None  # before g may be overwritten
+    d_gate = None
+    if needs[0]:
+        d_gate = g.mul_(factor) if owns_g else torch.mul(factor, g, out=d_gate_out)
+    return d_gate, d_up
+
+
 def swiglu_backward(
     grad: torch.Tensor,
     gate: torch.Tensor,
     up: torch.Tensor,
     needs: Needs = ALL_GRADS,
     *,
-    work: torch.Tensor | None = None,
     grad_writable: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(d_gate, d_up): d_up = g silu(gate), d_gate = g up (s + silu(gate) (1 - s)), s = sigmoid(gate);
-    `work` and `grad_writable` as in `poly_norm_backward`."""
+    """(d_gate, d_up): d_up = g silu(gate), d_gate = g up (s + silu(gate) (1 - s)), s = sigmoid(gate), by row
+    block; grad_writable as in `poly_norm_backward`."""
     cd = compute_dtype(gate.dtype)
-    gc, uc = gate.to(cd), up.to(cd)
     g, owns_g = _writable(grad, cd, grad_writable)
-    s = torch.sigmoid(gc) if work is None else work.copy_(gc).sigmoid_()
-    silu = gc * s
-    factor = s.addcmul_(silu, s, value=-1).add_(silu).mul_(uc) if needs[0] else None  # s + silu - silu s
-    d_up = silu.mul_(g).to(up.dtype) if needs[1] else None  # before g may be overwritten
-    d_gate = None
+    ga2, u2, g2 = _rows(gate.to(cd)), _rows(up.to(cd)), _rows(g)
+    eager = not torch.compiler.is_compiling()
+    d_gate_all = torch.empty_like(ga2) if eager and needs[0] and not owns_g else None
+    d_up_all = torch.empty_like(ga2) if eager and needs[1] else None
+    parts = [
+        _swiglu_backward_rows(
+            g2[rows], owns_g, ga2[rows], u2[rows], needs, _block(d_gate_all, rows), _block(d_up_all, rows)
+        )
+        for rows in _row_blocks(ga2)
+    ]
+    d_gate = d_up = None
     if needs[0]:
-        d_gate = (g.mul_(factor) if owns_g else factor.mul_(g)).to(gate.dtype)
+        d_gate = ((g2 if owns_g else d_gate_all) if eager else parts[0][0]).view(gate.shape).to(gate.dtype)
+    if needs[1]:
+        d_up = (d_up_all if eager else parts[0][1]).view(up.shape).to(up.dtype)
     return d_gate, d_up

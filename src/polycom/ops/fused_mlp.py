@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from polycom.ops import closed_form
 from polycom.ops.backend import backend_for
 from polycom.ops.cpu_compile import compiled
-from polycom.ops.dtypes import compute_dtype
 
 ACTIVATIONS = ("polynorm", "polyrelu", "swiglu")
 
@@ -64,17 +63,13 @@ def activation_recompute(kind: str, h, up, weight, bias, stats, eps: float) -> t
     return activation_forward(kind, h, up, weight, bias, eps)[0]
 
 
-def activation_backward(kind: str, grad, h, up, weight, bias, stats, needs, work=None, grad_writable=False):
+def activation_backward(kind: str, grad, h, up, weight, bias, stats, needs, grad_writable=False):
     """(dh, d_up, dweight, dbias) of `activation_forward`; None for what `needs` does not ask.
 
-    Closed form (SwiGLU always, PolyCom on the torch backend): work is a dead tensor of h's shape the math
-    may use as scratch (ignored unless in the compute dtype) and grad_writable lets it overwrite grad
-    (the fused MLP's own d(a)), which saves fresh (rows, h) allocations (see `polycom.ops.closed_form`)."""
-    if work is not None and work.dtype != compute_dtype(h.dtype):
-        work = None
-    scratch = {"work": work, "grad_writable": grad_writable}
+    grad_writable (closed form: SwiGLU always, PolyCom on the torch backend): grad is the fused MLP's own
+    d(a) and may be overwritten with dh, which saves a fresh (rows, h) tensor (see `polycom.ops.closed_form`)."""
     if kind == "swiglu":
-        return (*compiled(closed_form.swiglu_backward)(grad, h, up, needs, **scratch), None, None)
+        return (*compiled(closed_form.swiglu_backward)(grad, h, up, needs, grad_writable=grad_writable), None, None)
     if backend_for(h) == "triton":
         ops = _triton_ops()
         if kind == "polynorm":
@@ -82,10 +77,9 @@ def activation_backward(kind: str, grad, h, up, weight, bias, stats, needs, work
         else:
             dh, d_up, dw, db = ops.poly_relu_bwd(grad, h, up, weight, bias, list(needs))
         return dh, d_up if up is not None else None, dw, db
-    if kind == "polynorm":
-        return compiled(closed_form.poly_norm_backward)(grad, h, up, weight, bias, stats, needs, **scratch)
-    # PolyReLU's scratch is per row block (closed_form): no work tensor
-    return compiled(closed_form.poly_relu_backward)(grad, h, up, weight, bias, needs, grad_writable=grad_writable)
+    backward = closed_form.poly_norm_backward if kind == "polynorm" else closed_form.poly_relu_backward
+    extra = (stats,) if kind == "polynorm" else ()
+    return compiled(backward)(grad, h, up, weight, bias, *extra, needs, grad_writable=grad_writable)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -112,7 +106,7 @@ class FusedMLPFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         h, u = (gate, up) if gate is not None else (up, None)
         g2 = _rows(grad_y)
-        d_down_w = a = None
+        d_down_w = None
         if need[5]:  # the activation output is recomputed, never saved
             a = activation_recompute(ctx.kind, h, u, act_w, act_b, stats, ctx.eps)
             d_down_w = g2.t().mm(_rows(a))
@@ -124,10 +118,8 @@ class FusedMLPFunction(torch.autograd.Function):
             needs = (bool(need[0] or need[1] or need[2]), wants_up, bool(need[7] or need[8]))
         else:  # (d up, -, coefficients)
             needs = (wants_up, False, bool(need[7] or need[8]))
-        # a is dead once d_down_w is formed: the activation's backward reuses it as scratch
-        dh, d_u, d_act_w, d_act_b = activation_backward(
-            ctx.kind, da, h, u, act_w, act_b, stats, needs, work=a, grad_writable=True
-        )
+        # da is this node's own tensor: the activation's backward writes dh into it
+        dh, d_u, d_act_w, d_act_b = activation_backward(ctx.kind, da, h, u, act_w, act_b, stats, needs, True)
         d_gate, d_up = (dh, d_u) if gated else (None, dh)
         dx = None
         if need[0]:

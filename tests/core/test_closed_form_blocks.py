@@ -1,0 +1,115 @@
+"""The closed form walks rows in blocks (`polycom.ops.closed_form._BLOCK_ELEMENTS`): results must not
+depend on where the blocks fall.
+
+Blocks are shrunk to 3 rows so a 10-row input spans 4 blocks, the last one partial; one row is scaled by
+1e5 so PolyNorm's row-scaling shortcut is taken in some blocks and not in others. Oracle: the formulas
+in fp64 written here (PolyNorm / PolyReLU with weight[0] on the highest power, SwiGLU, gated product).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import polycom
+from polycom.ops import closed_form
+
+D, H, ROWS = 12, 20, 10
+
+
+@pytest.fixture
+def three_row_blocks(monkeypatch):
+    monkeypatch.setattr(closed_form, "_BLOCK_ELEMENTS", 3 * H)
+    assert len(closed_form._row_blocks(torch.empty(ROWS, H))) == 4
+
+
+def _activation64(name, act, h):
+    if name == "swiglu":
+        return h * torch.sigmoid(h)
+    w, b, r = act.weight.double(), act.bias.double(), act.order
+    if "polynorm" in name:
+        terms = [h**i / torch.sqrt((h**i).pow(2).mean(-1, keepdim=True) + act.eps) for i in range(1, r + 1)]
+    else:
+        terms = [torch.relu(h) ** i for i in range(1, r + 1)]
+    return b + sum(w[r - i] * terms[i - 1] for i in range(1, r + 1))
+
+
+def _mlp64(m, x):
+    lin = lambda layer, t: t @ layer.weight.T + layer.bias  # noqa: E731
+    h = lin(m.gate_proj, x) if m.gated else lin(m.up_proj, x)
+    a = _activation64(m.activation_name, m.act, h)
+    return lin(m.down_proj, a * lin(m.up_proj, x) if m.gated else a)
+
+
+def _input(layout):
+    torch.manual_seed(1)
+    if layout == "non_contiguous":
+        x = torch.randn(D, ROWS).T
+    else:
+        x = torch.randn(ROWS, D)
+    x = x.clone() if layout != "non_contiguous" else x
+    with torch.no_grad():
+        x[7] *= 1e5  # a row whose pre-activations need PolyNorm's row scaling, in the third block
+    return x.reshape(2, 5, D) if layout == "3d" else x
+
+
+@pytest.mark.parametrize("name", ["polynorm", "polyrelu", "polynorm_glu", "polyrelu_glu", "swiglu"])
+@pytest.mark.parametrize("layout", ["2d", "3d", "non_contiguous"])
+def test_fused_mlp_in_row_blocks_matches_fp64(three_row_blocks, name, layout):
+    torch.manual_seed(0)
+    m = polycom.MLP(D, name, H, bias=True)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = _input(layout).requires_grad_(True)
+    with polycom.use_backend("torch"):
+        y = m(x)
+        dy = torch.randn_like(y)
+        grads = torch.autograd.grad(y, [x, *m.parameters()], dy)
+    m64 = copy.deepcopy(m).double()
+    x64 = x.detach().double().requires_grad_(True)
+    y64 = _mlp64(m64, x64)
+    want = torch.autograd.grad(y64, [x64, *m64.parameters()], dy.double())
+    scale = y64.abs().max().item()
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5 * scale)
+    for got, ref in zip(grads, want, strict=True):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("op", ["poly_norm", "poly_relu", "poly_norm_gated", "poly_relu_gated"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unfused_ops_in_row_blocks_match_the_single_block_result(three_row_blocks, monkeypatch, op, dtype):
+    """Blocked vs one block: the same math in a different order of rows, so equal to fp32 rounding."""
+    torch.manual_seed(2)
+    x = (torch.randn(ROWS, H) * torch.logspace(-2, 4, ROWS)[:, None]).to(dtype)
+    up = torch.randn(ROWS, H).to(dtype)
+    w, b = torch.tensor([0.7, -0.4, 1.3]), torch.tensor([0.25])
+
+    def run():
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, up, w, b)]
+        args = [leaves[0], leaves[1]] if op.endswith("gated") else [leaves[0]]
+        with polycom.use_backend("torch"):
+            y = getattr(polycom, op)(*args, leaves[2], leaves[3])
+            grads = torch.autograd.grad(y, [t for t in leaves if t is not leaves[1] or op.endswith("gated")], y.detach())
+        return y, grads
+
+    blocked = run()
+    monkeypatch.setattr(closed_form, "_BLOCK_ELEMENTS", 1 << 30)
+    whole = run()
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    torch.testing.assert_close(blocked[0], whole[0], **tol)
+    for got, ref in zip(blocked[1], whole[1], strict=True):
+        torch.testing.assert_close(got, ref, rtol=tol["rtol"], atol=tol["atol"] * ref.abs().max().item())
+
+
+def test_empty_input_gives_empty_outputs_and_zero_coefficient_gradients():
+    w, b = torch.full((3,), 1 / 3, requires_grad=True), torch.zeros(1, requires_grad=True)
+    x = torch.empty(0, H, requires_grad=True)
+    with polycom.use_backend("torch"):
+        for op in (polycom.poly_norm, polycom.poly_relu):
+            y = op(x, w, b)
+            gx, gw, gb = torch.autograd.grad(y.sum(), [x, w, b])
+            assert y.shape == (0, H) and gx.shape == (0, H)
+            assert torch.equal(gw, torch.zeros(3)) and torch.equal(gb, torch.zeros(1))
