@@ -54,9 +54,10 @@ def test_peak_override_gives_mfu_from_formula(tmp_path, capsys):
     assert rc == 0
     assert "n/a (CPU run)" not in capsys.readouterr().out
     out = tmp_path / "r.jsonl"
-    main([*TINY, *FAST, "--activations", "gelu", "--peak-tflops", "0.5", "--out", str(out)])
+    main([*TINY, *FAST, "--activations", "gelu", "--peak-tflops", "0.5", "--out", str(out), "--commit", "abc1234"])
     for r in map(json.loads, out.read_text().splitlines()):
         assert r["mfu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 0.5e12)
+        assert r["git_commit"] == "abc1234"  # --commit: a tree copied without .git (a lent GPU machine)
 
 
 @pytest.mark.parametrize(

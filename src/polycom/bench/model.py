@@ -81,6 +81,7 @@ class BenchSettings:
     mlp_d_model: int | None = None  # MLP-block width; None = the model's d_model
     mlp_tokens: int | None = None  # MLP-block tokens; None = batch_size * seq_len; 0 = no MLP-block rows
     cpu_compile: bool = False  # POLYCOM_CPU_COMPILE=1 for the run (compiled closed-form activation math)
+    commit: str | None = None  # git commit for the rows when the tree has no .git (a copied checkout)
 
     def validate(self) -> None:
         for name in ("batch_size", "seq_len", "steps"):
@@ -261,7 +262,7 @@ def _env(name: str, value: str | None) -> Iterator[None]:
 
 def _header(settings: BenchSettings, device: torch.device) -> dict[str, Any]:
     """Provenance and settings shared by every row of the run."""
-    header = provenance_fields(device)
+    header = provenance_fields(device, settings.commit)
     peak = settings.peak_flops or peak_flops(device, torch.bfloat16, card=header["card"])
     return {
         **header,

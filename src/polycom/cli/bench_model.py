@@ -71,6 +71,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON-lines file to append to (default: %(default)s)")
     p.add_argument("--no-save", action="store_true", help="print the table only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--commit", help="git commit to record in the rows when the checkout has no .git (default: git rev-parse HEAD)"
+    )
     enable_overrides(p)  # --model.key=value (e.g. --model.n_layers=4, --model.moe.top_k=2), as in `polycom train`
     p.set_defaults(handler=run)
 
@@ -104,6 +107,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         mlp_d_model=args.mlp_d_model,
         mlp_tokens=args.mlp_tokens,
         cpu_compile=args.cpu_compile,
+        commit=args.commit,
     )
 
 

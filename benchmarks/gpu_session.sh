@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every GPU check of polycom in one run, so all ratios come from one machine and one session.
+#
+# Meant for a lent H100/H200 with a copy of this tree (no .git), torch and triton preinstalled and no
+# network; about 8 minutes. Each step has its own time limit, so a slow step cannot eat the others,
+# and its full log goes to $OUT/<step>.log (the last lines are printed too):
+#
+#   1. kernel-tests   the Triton kernels against the fp64 references on the GPU (tests/ops_triton)
+#   2. fused-mlp      the fused MLP and closed-form tests (tests/core) with CUDA tensors available
+#   3. bench-ops      `polycom bench ops --quick`, both kernel variants (rows: $OUT/ops.jsonl, ops.csv)
+#   4. bench-model    `polycom bench model --quick --mlp-paths both` at the anchor preset: LM step time,
+#                     peak memory, saved bytes per activation, fused and unfused (rows: $OUT/bench_model.jsonl)
+#   5. anchor         the baseline script at $ANCHOR (the official-code anchor), when that file exists
+#
+# Usage (repository root):
+#
+#   COMMIT=<git sha of the tree> OUT=<folder> bash benchmarks/gpu_session.sh
+#   DRY_RUN=1 bash benchmarks/gpu_session.sh      # print the commands only
+#
+# Afterwards append the rows to benchmarks/results/ (never rewrite earlier rows) and update the tables in
+# benchmarks/README.md.
+
+set -u
+OUT=${OUT:-gpu-session}
+COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+ANCHOR=${ANCHOR:-shared/bench/gpu_anchor.py}
+PY=${PYTHON:-python3}
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    if [ -n "${DRY_RUN:-}" ]; then
+        echo "$*"
+        return 0
+    fi
+    echo "== $name: up to ${limit}s, $(date -u +%H:%M:%S)"
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc, $(date -u +%H:%M:%S)"
+    tail -n 25 "$OUT/$name.log"
+}
+
+if [ -z "${DRY_RUN:-}" ]; then
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
+    cat "$OUT/gpu.txt"
+fi
+step kernel-tests 150 "$PY" -m pytest -q -x -p no:cacheprovider tests/ops_triton
+step fused-mlp 90 "$PY" -m pytest -q -x -p no:cacheprovider tests/core/test_fused_mlp.py tests/core/test_closed_form_blocks.py
+step bench-ops 180 "$PY" -m polycom bench ops --quick --providers polycom eager compile \
+    --tiling variant=1 --tiling variant=2 --out "$OUT" --commit "$COMMIT"
+step bench-model 200 "$PY" -m polycom bench model --quick --mlp-paths both \
+    --activations polynorm,polyrelu,relu2,gelu --out "$OUT/bench_model.jsonl" --commit "$COMMIT"
+if [ -f "$ANCHOR" ] || [ -n "${DRY_RUN:-}" ]; then
+    step anchor 120 "$PY" "$ANCHOR"
+fi
