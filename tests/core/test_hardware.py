@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from polycom.errors import UserError
-from polycom.utils.hardware import autocast_context, compute_dtype, peak_flops, peak_memory_mb, pick_device
+from polycom.utils.hardware import autocast_context, matmul_dtype, peak_flops, peak_memory_mb, pick_device
 
 CUDA = torch.device("cuda")
 
@@ -47,14 +47,14 @@ def test_pick_device():
             pick_device("cuda")
 
 
-def test_compute_dtype_and_autocast():
+def test_matmul_dtype_and_autocast():
     cpu = torch.device("cpu")
-    assert compute_dtype(cpu, "auto") == torch.float32
-    assert compute_dtype(CUDA, "auto") == torch.bfloat16
-    assert compute_dtype(cpu, "bf16") == torch.bfloat16
-    assert compute_dtype(CUDA, "fp32") == torch.float32
+    assert matmul_dtype(cpu, "auto") == torch.float32
+    assert matmul_dtype(CUDA, "auto") == torch.bfloat16
+    assert matmul_dtype(cpu, "bf16") == torch.bfloat16
+    assert matmul_dtype(CUDA, "fp32") == torch.float32
     with pytest.raises(UserError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
-        compute_dtype(cpu, "fp16")
+        matmul_dtype(cpu, "fp16")
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     with autocast_context(cpu, "bf16"):
         assert (a @ b).dtype == torch.bfloat16

@@ -57,7 +57,7 @@ from polycom.train.run_files import initial_val_from_metrics, prepare_run_dir, w
 from polycom.train.schedule import WarmupCosine
 from polycom.train.signals import StopFlag
 from polycom.train.threads import ThreadGovernor, thread_setting
-from polycom.utils.hardware import autocast_context, compute_dtype, peak_flops, pick_device
+from polycom.utils.hardware import autocast_context, matmul_dtype, peak_flops, pick_device
 
 __all__ = ["StepOutput", "TrainResult", "Trainer", "train"]
 
@@ -193,7 +193,7 @@ class Trainer:
         self.memory = MemoryMonitor(self.device)
         self.autocast = autocast_context(self.device, tc.precision)
         tokens_per_step = tc.batch_size * cfg.seq_len * tc.grad_accum * ctx.dp_size
-        peak = peak_flops(self.device, compute_dtype(self.device, tc.precision))
+        peak = peak_flops(self.device, matmul_dtype(self.device, tc.precision))
         self.throughput = ThroughputMonitor(tokens_per_step, self.flops_per_token, peak, ctx.world_size)
         self.losses = LossMonitor()
         self.cadence = Cadence.from_config(tc)

@@ -1,7 +1,7 @@
 """Device facts shared by training, benchmarks and the CLI: device choice, autocast, peak FLOP/s, peak memory.
 
     device = pick_device("auto")                      # cuda when a GPU is visible, else cpu
-    dtype = compute_dtype(device, "auto")             # bf16 on CUDA, fp32 on CPU
+    dtype = matmul_dtype(device, "auto")             # bf16 on CUDA, fp32 on CPU
     with autocast_context(device, "auto"): ...        # bf16 autocast, or nothing for fp32
     mfu = flops_per_token * tokens_per_s / peak_flops(device, dtype)   # peak_flops is None when unknown
 """
@@ -56,7 +56,7 @@ def pick_device(name: str, *, option: str = "train.device") -> torch.device:
     return device
 
 
-def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+def matmul_dtype(device: torch.device, precision: str) -> torch.dtype:
     """Matmul dtype of a run: bf16 for precision "bf16", or "auto" on CUDA; fp32 otherwise."""
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -65,11 +65,11 @@ def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """torch.autocast to bf16 when `compute_dtype` is bf16, else a no-op context (plain fp32).
+    """torch.autocast to bf16 when `matmul_dtype` is bf16, else a no-op context (plain fp32).
 
     The returned object is reusable: enter it once per forward.
     """
-    if compute_dtype(device, precision) != torch.bfloat16:
+    if matmul_dtype(device, precision) != torch.bfloat16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
