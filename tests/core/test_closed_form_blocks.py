@@ -1,8 +1,9 @@
 """The closed form walks rows in blocks (`polycom.ops.closed_form._BLOCK_ELEMENTS`): results must not
 depend on where the blocks fall.
 
-Blocks are shrunk to 3 rows so a 10-row input spans 4 blocks, the last one partial; one row is scaled by
-1e5 so PolyNorm's row-scaling shortcut is taken in some blocks and not in others. Oracle: the formulas
+Blocks are shrunk to 3 rows so a 10-row input spans 4 blocks, the last one partial (and the fused MLP's
+activation -> down projection runs in 4-row blocks, so the two blockings do not line up); one row is
+scaled by 1e5 so PolyNorm's row-scaling shortcut is taken in some blocks and not in others. Oracle: the formulas
 in fp64 written here (PolyNorm / PolyReLU with weight[0] on the highest power, SwiGLU, gated product).
 """
 
@@ -14,15 +15,23 @@ import pytest
 import torch
 
 import polycom
-from polycom.ops import closed_form
+from polycom.ops import closed_form, fused_mlp
 
 D, H, ROWS = 12, 20, 10
 
 
 @pytest.fixture
 def three_row_blocks(monkeypatch):
+    """Closed-form blocks of 3 rows and, in the fused MLP, activation -> down projection blocks of 4 rows."""
     monkeypatch.setattr(closed_form, "_BLOCK_ELEMENTS", 3 * H)
+    monkeypatch.setattr(fused_mlp, "_GEMM_BLOCK_ELEMENTS", 4 * H)
     assert len(closed_form._row_blocks(torch.empty(ROWS, H))) == 4
+    with polycom.use_backend("torch"):
+        assert [(s.start, s.stop) for s in fused_mlp._gemm_row_blocks(torch.empty(2, 5, H))] == [
+            (0, 4),
+            (4, 8),
+            (8, 12),
+        ]
 
 
 def _activation64(name, act, h):
@@ -92,7 +101,9 @@ def test_unfused_ops_in_row_blocks_match_the_single_block_result(three_row_block
         args = [leaves[0], leaves[1]] if op.endswith("gated") else [leaves[0]]
         with polycom.use_backend("torch"):
             y = getattr(polycom, op)(*args, leaves[2], leaves[3])
-            grads = torch.autograd.grad(y, [t for t in leaves if t is not leaves[1] or op.endswith("gated")], y.detach())
+            grads = torch.autograd.grad(
+                y, [t for t in leaves if t is not leaves[1] or op.endswith("gated")], y.detach()
+            )
         return y, grads
 
     blocked = run()

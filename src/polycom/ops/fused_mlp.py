@@ -14,7 +14,8 @@ with autograd over the reference ops.
 The activation's math is `polycom.ops.closed_form` on the ``torch`` backend and the ``polycom::*``
 Triton custom ops on the ``triton`` backend (`polycom.ops.backend.backend_for`); the linear algebra
 is `torch.nn.functional.linear` and matmuls, so forward outputs equal the unfused module's up to
-the activation's fp32 rounding.
+the activation's fp32 rounding. On the CPU a large activation output is formed and consumed in row
+blocks (`_GEMM_BLOCK_ELEMENTS`), so it never exists whole there.
 
 Autocast: like ``torch.amp.custom_fwd(cast_inputs=...)`` for whichever device x is on (the decorator
 needs the device type when the class is defined): when autocast is on for x's device, x and the linear
@@ -82,8 +83,65 @@ def activation_backward(kind: str, grad, h, up, weight, bias, stats, needs, grad
     return compiled(backward)(grad, h, up, weight, bias, *extra, needs, grad_writable=grad_writable)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1])
+def _rows(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.reshape(-1, t.shape[-1])
+
+
+# On the CPU a large activation output a = act(h) is formed in row blocks of about this many values (8 MB
+# of fp32) and fed to the down projection block by block. A fresh (tokens, h) tensor over glibc's 32 MB
+# mmap limit page-faults on every use (~10 ms at 4096 x 2112 fp32; the plain PolyCom MLP's tensors are
+# 1.5x SwiGLU's, so they cross that line first), while a block comes back from the allocator's cache and
+# a GEMM over ~800 rows still runs at full speed. Measured on the 2-core EPYC at 4096 tokens: ~2% off the
+# PolyReLU block. Tensors up to twice this size, and CUDA (caching allocator) or compiled code, use one block.
+_GEMM_BLOCK_ELEMENTS = 1 << 21
+
+
+def _gemm_row_blocks(h: torch.Tensor) -> list[slice]:
+    """Equal row slices of h (..., n) seen as (rows, n) for `_activation_then_down` / `_down_weight_grad`."""
+    n = h.shape[-1]
+    rows = h.numel() // max(n, 1)
+    if h.device.type != "cpu" or torch.compiler.is_compiling() or rows * n <= 2 * _GEMM_BLOCK_ELEMENTS:
+        return [slice(None)]
+    if backend_for(h) == "triton":  # the interpreted kernels on CPU (tests): their stats stay (rows, r + 1)
+        return [slice(None)]
+    count = -(-rows * n // _GEMM_BLOCK_ELEMENTS)
+    step = -(-rows // count)
+    return [slice(i, i + step) for i in range(0, rows, step)]
+
+
+def _block(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    return None if t is None else t[rows]
+
+
+def _activation_then_down(kind, h, u, act_w, act_b, eps, down_w, down_b):
+    """(y = down(act(h) (* u)) (..., d), stats): a = act(h) exists one row block at a time on the CPU."""
+    blocks = _gemm_row_blocks(h)
+    if len(blocks) == 1:
+        a, stats = activation_forward(kind, h, u, act_w, act_b, eps)
+        return F.linear(a, down_w, down_b), stats
+    h2, u2 = _rows(h), _rows(u)
+    y = h2.new_empty(h2.shape[0], down_w.shape[0])
+    stats = []
+    for rows in blocks:
+        a, block_stats = activation_forward(kind, h2[rows], _block(u2, rows), act_w, act_b, eps)
+        if down_b is None:
+            torch.mm(a, down_w.t(), out=y[rows])
+        else:
+            torch.addmm(down_b, a, down_w.t(), out=y[rows])
+        stats.append(block_stats)
+    stats = None if stats[0] is None else torch.cat(stats).view(*h.shape[:-1], -1)
+    return y.view(*h.shape[:-1], -1), stats
+
+
+def _down_weight_grad(kind, g2, h, u, act_w, act_b, stats, eps) -> torch.Tensor:
+    """dL/dW_down = g^T a (d, h), a = act(h) (* u) recomputed in the row blocks of `_activation_then_down`;
+    g2 is the output gradient as (rows, d)."""
+    h2, u2, st2 = _rows(h), _rows(u), _rows(stats)
+    d_down_w = None
+    for rows in _gemm_row_blocks(h):
+        a = _rows(activation_recompute(kind, h2[rows], _block(u2, rows), act_w, act_b, _block(st2, rows), eps))
+        d_down_w = g2[rows].t().mm(a) if d_down_w is None else d_down_w.addmm_(g2[rows].t(), a)
+    return d_down_w
 
 
 class FusedMLPFunction(torch.autograd.Function):
@@ -94,8 +152,7 @@ class FusedMLPFunction(torch.autograd.Function):
         gate = F.linear(x, gate_w, gate_b) if gate_w is not None else None
         up = F.linear(x, up_w, up_b)
         h, u = (gate, up) if gate is not None else (up, None)
-        a, stats = activation_forward(kind, h, u, act_w, act_b, eps)
-        y = F.linear(a, down_w, down_b)
+        y, stats = _activation_then_down(kind, h, u, act_w, act_b, eps, down_w, down_b)
         ctx.save_for_backward(x, gate, up, gate_w, up_w, down_w, act_w, act_b, stats)
         ctx.kind, ctx.eps = kind, eps
         return y
@@ -108,8 +165,7 @@ class FusedMLPFunction(torch.autograd.Function):
         g2 = _rows(grad_y)
         d_down_w = None
         if need[5]:  # the activation output is recomputed, never saved
-            a = activation_recompute(ctx.kind, h, u, act_w, act_b, stats, ctx.eps)
-            d_down_w = g2.t().mm(_rows(a))
+            d_down_w = _down_weight_grad(ctx.kind, g2, h, u, act_w, act_b, stats, ctx.eps)
         d_down_b = g2.sum(0) if need[6] else None
         da = grad_y.matmul(down_w)
         gated = gate is not None
