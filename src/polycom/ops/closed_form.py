@@ -63,12 +63,13 @@ def _row_blocks(t: torch.Tensor) -> list[slice]:
     return [slice(i, i + step) for i in range(0, t.shape[0], step)]
 
 
-def _rows(t: torch.Tensor | None) -> torch.Tensor | None:
+def as_rows(t: torch.Tensor | None) -> torch.Tensor | None:
     """t as (rows, last dim) (a view when t's layout allows), None stays None."""
     return None if t is None else t.reshape(-1, t.shape[-1])
 
 
-def _block(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+def row_block(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    """t[rows], None stays None."""
     return None if t is None else t[rows]
 
 
@@ -184,13 +185,13 @@ def poly_norm_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(PolyNorm(x) (* up) in x's dtype, stats (..., r + 1) in the compute dtype: inv_1..inv_r, s), by row block."""
     cd = compute_dtype(x.dtype)
-    x2, u2, wc, bc = _rows(x.to(cd)), _rows(up), weight.to(cd), bias.to(cd)
+    x2, u2, wc, bc = as_rows(x.to(cd)), as_rows(up), weight.to(cd), bias.to(cd)
     if torch.compiler.is_compiling():
         y, stats = _poly_norm_forward_rows(x2, u2, wc, bc, eps, None)
     else:
         y, stats = torch.empty_like(x2), x2.new_empty(x2.shape[0], wc.numel() + 1)
         for rows in _row_blocks(x2):
-            stats[rows] = _poly_norm_forward_rows(x2[rows], _block(u2, rows), wc, bc, eps, y[rows])[1]
+            stats[rows] = _poly_norm_forward_rows(x2[rows], row_block(u2, rows), wc, bc, eps, y[rows])[1]
     return y.view(x.shape).to(x.dtype), stats.view(*x.shape[:-1], wc.numel() + 1)
 
 
@@ -199,12 +200,12 @@ def poly_norm_from_stats(
 ) -> torch.Tensor:
     """PolyNorm(x) (* up) recomputed from the saved statistics (no reductions), in x's dtype, by row block."""
     cd = stats.dtype
-    x2, u2, st2, wc, bc = _rows(x), _rows(up), _rows(stats), weight.to(cd), bias.to(cd)
+    x2, u2, st2, wc, bc = as_rows(x), as_rows(up), as_rows(stats), weight.to(cd), bias.to(cd)
     r, unit = wc.numel(), _all_unit_scale(st2[:, -1])
     c = _coefficients(wc, st2[:, :r])
     y = None if torch.compiler.is_compiling() else torch.empty(x2.shape, dtype=cd, device=x.device)
     for rows in _row_blocks(x2):
-        yb = _poly_norm_into(_block(y, rows), _scaled(x2[rows], st2[rows], unit), c[rows], bc)
+        yb = _poly_norm_into(row_block(y, rows), _scaled(x2[rows], st2[rows], unit), c[rows], bc)
         yb = yb if u2 is None else yb.mul_(u2[rows])
         y = yb if y is None else y
     return y.view(x.shape).to(x.dtype)
@@ -270,7 +271,7 @@ def poly_norm_backward(
     cd = stats.dtype
     wc, bc, r, n = weight.to(cd), bias.to(cd), weight.numel(), x.shape[-1]
     g, owns_g = _writable(grad, cd, grad_writable)
-    x2, g2, u2, st2 = _rows(x), _rows(g), _rows(up), _rows(stats)
+    x2, g2, u2, st2 = as_rows(x), as_rows(g), as_rows(up), as_rows(stats)
     unit = _all_unit_scale(st2[:, -1])  # then q = x and dx needs no / s
     inv = st2[:, :r]
     c = _coefficients(wc, inv)
@@ -284,11 +285,11 @@ def poly_norm_backward(
             g2[rows],
             owns_g,
             _scaled(x2[rows], st2[rows], unit),
-            _block(u2, rows),
+            row_block(u2, rows),
             bc,
-            [_block(t, rows) for t in per_row],
+            [row_block(t, rows) for t in per_row],
             needs,
-            (_block(dx_all, rows), _block(d_up_all, rows)),
+            (row_block(dx_all, rows), row_block(d_up_all, rows)),
         )  # fmt: skip
         for rows in _row_blocks(x2)
     ]
@@ -421,13 +422,13 @@ def swiglu_backward(
     block; grad_writable as in `poly_norm_backward`."""
     cd = compute_dtype(gate.dtype)
     g, owns_g = _writable(grad, cd, grad_writable)
-    ga2, u2, g2 = _rows(gate.to(cd)), _rows(up.to(cd)), _rows(g)
+    ga2, u2, g2 = as_rows(gate.to(cd)), as_rows(up.to(cd)), as_rows(g)
     eager = not torch.compiler.is_compiling()
     d_gate_all = torch.empty_like(ga2) if eager and needs[0] and not owns_g else None
     d_up_all = torch.empty_like(ga2) if eager and needs[1] else None
     parts = [
         _swiglu_backward_rows(
-            g2[rows], owns_g, ga2[rows], u2[rows], needs, _block(d_gate_all, rows), _block(d_up_all, rows)
+            g2[rows], owns_g, ga2[rows], u2[rows], needs, row_block(d_gate_all, rows), row_block(d_up_all, rows)
         )
         for rows in _row_blocks(ga2)
     ]

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from polycom.ops import closed_form
 from polycom.ops.backend import backend_for
+from polycom.ops.closed_form import as_rows, row_block
 from polycom.ops.cpu_compile import compiled
 
 ACTIVATIONS = ("polynorm", "polyrelu", "swiglu")
@@ -83,10 +84,6 @@ def activation_backward(kind: str, grad, h, up, weight, bias, stats, needs, grad
     return compiled(backward)(grad, h, up, weight, bias, *extra, needs, grad_writable=grad_writable)
 
 
-def _rows(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.reshape(-1, t.shape[-1])
-
-
 # On the CPU a large activation output a = act(h) is formed in row blocks of about this many values (8 MB
 # of fp32) and fed to the down projection block by block. A fresh (tokens, h) tensor over glibc's 32 MB
 # mmap limit page-faults on every use (~10 ms at 4096 x 2112 fp32; the plain PolyCom MLP's tensors are
@@ -109,21 +106,17 @@ def _gemm_row_blocks(h: torch.Tensor) -> list[slice]:
     return [slice(i, i + step) for i in range(0, rows, step)]
 
 
-def _block(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
-    return None if t is None else t[rows]
-
-
 def _activation_then_down(kind, h, u, act_w, act_b, eps, down_w, down_b):
     """(y = down(act(h) (* u)) (..., d), stats): a = act(h) exists one row block at a time on the CPU."""
     blocks = _gemm_row_blocks(h)
     if len(blocks) == 1:
         a, stats = activation_forward(kind, h, u, act_w, act_b, eps)
         return F.linear(a, down_w, down_b), stats
-    h2, u2 = _rows(h), _rows(u)
+    h2, u2 = as_rows(h), as_rows(u)
     y = h2.new_empty(h2.shape[0], down_w.shape[0])
     stats = []
     for rows in blocks:
-        a, block_stats = activation_forward(kind, h2[rows], _block(u2, rows), act_w, act_b, eps)
+        a, block_stats = activation_forward(kind, h2[rows], row_block(u2, rows), act_w, act_b, eps)
         if down_b is None:
             torch.mm(a, down_w.t(), out=y[rows])
         else:
@@ -136,10 +129,10 @@ def _activation_then_down(kind, h, u, act_w, act_b, eps, down_w, down_b):
 def _down_weight_grad(kind, g2, h, u, act_w, act_b, stats, eps) -> torch.Tensor:
     """dL/dW_down = g^T a (d, h), a = act(h) (* u) recomputed in the row blocks of `_activation_then_down`;
     g2 is the output gradient as (rows, d)."""
-    h2, u2, st2 = _rows(h), _rows(u), _rows(stats)
+    h2, u2, st2 = as_rows(h), as_rows(u), as_rows(stats)
     d_down_w = None
     for rows in _gemm_row_blocks(h):
-        a = _rows(activation_recompute(kind, h2[rows], _block(u2, rows), act_w, act_b, _block(st2, rows), eps))
+        a = as_rows(activation_recompute(kind, h2[rows], row_block(u2, rows), act_w, act_b, row_block(st2, rows), eps))
         d_down_w = g2[rows].t().mm(a) if d_down_w is None else d_down_w.addmm_(g2[rows].t(), a)
     return d_down_w
 
@@ -162,7 +155,7 @@ class FusedMLPFunction(torch.autograd.Function):
         x, gate, up, gate_w, up_w, down_w, act_w, act_b, stats = ctx.saved_tensors
         need = ctx.needs_input_grad
         h, u = (gate, up) if gate is not None else (up, None)
-        g2 = _rows(grad_y)
+        g2 = as_rows(grad_y)
         d_down_w = None
         if need[5]:  # the activation output is recomputed, never saved
             d_down_w = _down_weight_grad(ctx.kind, g2, h, u, act_w, act_b, stats, ctx.eps)
@@ -182,13 +175,13 @@ class FusedMLPFunction(torch.autograd.Function):
             dx = d_up.matmul(up_w)
             if gated:
                 dx = dx + d_gate.matmul(gate_w)
-        x2 = _rows(x)
+        x2 = as_rows(x)
         grads_in = [
             dx,
-            _rows(d_gate).t().mm(x2) if gated and need[1] else None,
-            _rows(d_gate).sum(0) if gated and need[2] else None,
-            _rows(d_up).t().mm(x2) if need[3] else None,
-            _rows(d_up).sum(0) if need[4] else None,
+            as_rows(d_gate).t().mm(x2) if gated and need[1] else None,
+            as_rows(d_gate).sum(0) if gated and need[2] else None,
+            as_rows(d_up).t().mm(x2) if need[3] else None,
+            as_rows(d_up).sum(0) if need[4] else None,
         ]
         return (*grads_in, d_down_w, d_down_b, d_act_w if need[7] else None, d_act_b if need[8] else None, None, None)
 
