@@ -9,13 +9,10 @@ import pytest
 
 from polycom.cli import main
 from polycom.data import embedded_corpus_text
+from tiny_run_args import TINY_RUN
 
 SMALL = [
-    "--model.d_model=32",
-    "--model.n_layers=1",
-    "--model.n_heads=2",
-    "--model.max_seq_len=32",
-    "--train.batch_size=4",
+    *TINY_RUN,
     "--train.threads=1",
     "--train.eval_batches=2",
     "--train.log_interval=1",

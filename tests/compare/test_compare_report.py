@@ -9,13 +9,10 @@ from polycom.compare import CompareConfig, run_compare, welch_p_value
 from polycom.compare.plots import mean_band
 from polycom.data import embedded_corpus_text
 from polycom.errors import UserError
+from tiny_run_args import TINY_RUN
 
 SMALL = [
-    "--model.d_model=32",
-    "--model.n_layers=1",
-    "--model.n_heads=2",
-    "--model.max_seq_len=32",
-    "--train.batch_size=4",
+    *TINY_RUN,
     "--train.threads=1",  # robust to other processes on the cores (2-thread steps can stall)
     "--train.eval_batches=2",
     "--train.eval_interval=4",

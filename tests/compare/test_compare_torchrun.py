@@ -12,8 +12,9 @@ import sys
 import pytest
 
 from polycom.data import PrepareConfig, embedded_corpus_text, prepare_data
+from tiny_run_args import TINY_MODEL
 
-TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.max_seq_len=32"]
+TINY = TINY_MODEL
 
 
 def _compare(nproc: int, data, out, *extra):

@@ -13,6 +13,7 @@ from dist_harness import run_workers, values
 from dist_workers import cli_rank_failure_worker, save_then_load_worker
 
 from polycom.train.checkpoint.sharded import CHECKSUMS_FILE
+from tiny_run_args import TINY_RUN
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -62,11 +63,7 @@ def test_shards_of_every_rank_are_checksummed_and_a_damaged_one_fails_every_rank
 
 
 SMALL = [
-    "--model.d_model=32",
-    "--model.n_layers=1",
-    "--model.n_heads=2",
-    "--model.max_seq_len=32",
-    "--train.batch_size=4",
+    *TINY_RUN,
     "--train.eval_batches=2",
     "--train.log_interval=2",
     "--train.checkpoint_interval=2",

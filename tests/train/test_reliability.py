@@ -69,13 +69,10 @@ from polycom.train import trainer as trainer_module  # noqa: E402
 from polycom.train.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
 from polycom.train.config import LoopConfig  # noqa: E402
 from polycom.train.metrics import read_metrics  # noqa: E402
+from tiny_run_args import TINY_RUN  # noqa: E402
 
 SMALL = [
-    "--model.d_model=32",
-    "--model.n_layers=1",
-    "--model.n_heads=2",
-    "--model.max_seq_len=32",
-    "--train.batch_size=4",
+    *TINY_RUN,
     "--train.threads=1",
     "--train.eval_batches=2",
     "--train.log_interval=1",

@@ -10,13 +10,10 @@ import pytest
 from polycom.data import PrepareConfig, embedded_corpus_text, prepare_data
 from polycom.train import load_run
 from polycom.train.metrics import read_metrics
+from tiny_run_args import TINY_RUN
 
 SMALL = [
-    "--model.d_model=32",
-    "--model.n_layers=1",
-    "--model.n_heads=2",
-    "--model.max_seq_len=32",
-    "--train.batch_size=4",
+    *TINY_RUN,
     "--train.eval_batches=2",
     "--train.log_interval=2",
     "--optim.lr=1e-2",

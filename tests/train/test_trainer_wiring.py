@@ -26,12 +26,10 @@ import torch
 from polycom.distributed import DistContext
 from polycom.train import Trainer, load_config, train
 from polycom.train.checkpoint import find_checkpoint, load_checkpoint
+from tiny_run_args import TINY_MODEL
 
 SMALL = [
-    "--model.d_model=32",
-    "--model.n_layers=1",
-    "--model.n_heads=2",
-    "--model.max_seq_len=32",
+    *TINY_MODEL,
     "--model.activation=polynorm",
     "--train.batch_size=4",
     "--train.threads=1",
