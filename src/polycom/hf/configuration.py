@@ -32,9 +32,10 @@ they are saved in config.json. ``initializer_truncation`` k > 0 draws the normal
 [-k std, k std] (OLMoE: 3). ``attention_dropout`` / ``hidden_dropout`` act in training only (on the
 attention probabilities / on the attention and MLP outputs before each residual add).
 
-``fused_mlp`` (default True) runs each PolyNorm / PolyReLU (plain or gated) / SwiGLU MLP block, dense
-or MoE expert, as one autograd node that recomputes the activation output in backward instead of keeping
-it (`polycom.MLP(fused=...)`); False runs the modules one by one. Same outputs up to fp32 rounding. Saved in config.json like every field but not part of the weights:
+``fused_mlp`` (default True) runs each dense PolyNorm / PolyReLU (plain or gated) / SwiGLU MLP block
+as one autograd node that recomputes the activation output in backward instead of keeping it
+(`polycom.MLP(fused=...)`); False runs the modules one by one. Same outputs up to fp32 rounding; MoE
+experts always run unfused. Saved in config.json like every field but not part of the weights:
 ``from_pretrained(folder, fused_mlp=False)`` overrides the saved value.
 """
 

@@ -86,8 +86,8 @@ class ModelConfig:
     hidden_size: dense MLP width; None -> parameter-matched (module docstring).
     tie_embeddings: reuse `embed.weight` as the output projection (no `lm_head`).
     qk_norm: RMSNorm on the full q and k projections before RoPE (OLMoE); default off (Llama).
-    fused_mlp: run PolyNorm / PolyReLU / SwiGLU MLP blocks (dense, and each MoE expert) as one autograd node
-        that does not keep the activation output (`polycom.MLP(fused=...)`); False runs the modules one by one.
+    fused_mlp: run PolyNorm / PolyReLU / SwiGLU dense MLP blocks as one autograd node that does not keep
+        the activation output (`polycom.MLP(fused=...)`); False runs the modules one by one.
     init_std: std of the normal init; o_proj and down_proj use init_std / sqrt(2 * n_layers).
     init_truncation: truncate the normal init at +-k std (OLMoE: 3); 0 -> plain normal.
     attention_dropout / hidden_dropout: dropout on the attention probabilities / on the attention and MLP
