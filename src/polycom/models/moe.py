@@ -30,8 +30,6 @@ from torch import nn
 
 from polycom.models.config import ModelConfig
 from polycom.modules.activations import get_activation
-from polycom.modules.mlp import fused_coefficients, fused_kind, is_dtensor
-from polycom.ops.fused_mlp import fused_mlp
 
 
 class RouterStats(NamedTuple):
@@ -111,24 +109,12 @@ class Experts(nn.Module):
         return F.linear(hidden, self.down_proj[e])
 
     def forward(
-        self,
-        x: torch.Tensor,
-        counts: list[int],
-        act: nn.Module | nn.ModuleList,
-        use_grouped_mm: bool = False,
-        fused: bool = False,
+        self, x: torch.Tensor, counts: list[int], act: nn.Module | nn.ModuleList, use_grouped_mm: bool = False
     ) -> torch.Tensor:
-        """x (M, d) sorted by expert with counts[e] rows for expert e -> (M, d).
-
-        fused: each expert runs as one `polycom.ops.fused_mlp` node (keeps its x and h, not the activation
-        output) when its activation has a fused path and the grouped_mm kernel is not in use."""
+        """x (M, d) sorted by expert with counts[e] rows for expert e -> (M, d)."""
         offsets = None
         if use_grouped_mm and grouped_mm_supported(x, self.up_proj):
             offsets = torch.tensor(counts, device=x.device).cumsum(0).to(torch.int32)
-        acts = list(act) if isinstance(act, nn.ModuleList) else [act] * self.num_experts
-        kinds = [fused_kind(a) for a in acts]
-        if fused and offsets is None and None not in kinds and not any(is_dtensor(p) for p in self.parameters()):
-            return self._fused_forward(x, counts, acts, kinds)
         up = grouped_linear(x, self.up_proj, counts, offsets)
         gate = grouped_linear(x, self.gate_proj, counts, offsets) if self.gated else None
         if isinstance(act, nn.ModuleList):
@@ -142,28 +128,6 @@ class Experts(nn.Module):
         else:
             hidden = act(gate, up) if self.gated else act(up)
         return grouped_linear(hidden, self.down_proj, counts, offsets)
-
-    def _fused_forward(
-        self, x: torch.Tensor, counts: list[int], acts: list[nn.Module], kinds: list[str]
-    ) -> torch.Tensor:
-        """Expert by expert, each segment of x through one fused MLP node; (M, d)."""
-        parts, start = [], 0
-        for e, n in enumerate(counts):
-            if n:
-                gate_w = self.gate_proj[e] if self.gated else None
-                seg = x[start : start + n]
-                parts.append(
-                    fused_mlp(
-                        seg,
-                        self.up_proj[e],
-                        self.down_proj[e],
-                        kinds[e],
-                        gate_w=gate_w,
-                        **fused_coefficients(acts[e], kinds[e]),
-                    )  # fmt: skip
-                )
-            start += n
-        return torch.cat(parts, dim=0) if parts else x.new_zeros(0, self.d_model)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, d_model={self.d_model}, hidden_size={self.hidden_size}, gated={self.gated}"
@@ -180,7 +144,6 @@ class MoEMLP(nn.Module):
         self.top_k = moe.top_k
         self.normalize_top_k = moe.normalize_top_k
         self.use_grouped_mm = moe.grouped_mm
-        self.fused = cfg.fused_mlp  # each expert as one fused MLP node where it applies (`Experts.forward`)
         self.router = nn.Linear(cfg.d_model, moe.num_experts, bias=False)
         self.experts = Experts(moe.num_experts, cfg.d_model, cfg.expert_hidden_size(), cfg.gated)
         if moe.shared_coefficients:
@@ -216,7 +179,7 @@ class MoEMLP(nn.Module):
         combine = weights.flatten().index_select(0, order)
 
         act = self.act if self.expert_acts is None else self.expert_acts
-        expert_out = self.experts(permuted, counts.tolist(), act, self.use_grouped_mm, self.fused)
+        expert_out = self.experts(permuted, counts.tolist(), act, self.use_grouped_mm)
         expert_out = expert_out.float() * combine[:, None]
         # Sum the k weighted expert outputs of each token in fp32, then cast once.
         y = torch.zeros(flat.shape[0], d, device=x.device, dtype=torch.float32).index_add_(0, token_of, expert_out)

@@ -89,7 +89,7 @@ class MLP(nn.Module):
 
     def _fused_kind(self, x: torch.Tensor) -> str | None:
         """The `fused_mlp` activation name when the fused path applies to this call, else None."""
-        kind = fused_kind(self.act)
+        kind = _FUSED_KINDS.get(type(self.act))
         if not self.fused or kind is None:
             return None
         parts = [self.act, self.up_proj, self.down_proj] + ([self.gate_proj] if self.gate_proj is not None else [])
@@ -98,19 +98,20 @@ class MLP(nn.Module):
                 return None
             if m._forward_hooks or m._forward_pre_hooks:
                 return None
-        if is_dtensor(x) or any(is_dtensor(p) for p in self.parameters()):
+        if _is_dtensor(x) or any(_is_dtensor(p) for p in self.parameters()):
             return None  # tensor parallel: the projections' DTensor layouts and PolyNorm's all-reduce
         return kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kind = self._fused_kind(x)
         if kind is not None:
+            coefficients = (self.act.weight, self.act.bias) if kind != "swiglu" else (None, None)
             gate = self.gate_proj
             return fused_mlp(
                 x, self.up_proj.weight, self.down_proj.weight, kind,
                 gate_w=gate.weight if gate is not None else None,
                 biases=(gate.bias if gate is not None else None, self.up_proj.bias, self.down_proj.bias),
-                **fused_coefficients(self.act, kind),
+                act_w=coefficients[0], act_b=coefficients[1], eps=getattr(self.act, "eps", 1e-6),
             )  # fmt: skip
         if self.gate_proj is not None:
             return self.down_proj(self.act(self.gate_proj(x), self.up_proj(x)))
@@ -126,24 +127,8 @@ except ImportError:  # torch built without distributed support
     _DTensor = None
 
 
-def is_dtensor(t: object) -> bool:
-    """t is a DTensor (tensor-parallel weights or activations): the fused paths do not apply."""
+def _is_dtensor(t: object) -> bool:
     return _DTensor is not None and isinstance(t, _DTensor)
-
-
-def fused_kind(act: nn.Module) -> str | None:
-    """The `polycom.ops.fused_mlp` name of an activation module ("polynorm", "polyrelu", "swiglu"), or None
-    when it has no fused path (another activation, a subclass, or a module that carries hooks)."""
-    if act._forward_hooks or act._forward_pre_hooks:
-        return None
-    return _FUSED_KINDS.get(type(act))
-
-
-def fused_coefficients(act: nn.Module, kind: str) -> dict:
-    """The `fused_mlp` keyword arguments of an activation module's coefficients (none for SwiGLU)."""
-    if kind == "swiglu":
-        return {}
-    return {"act_w": act.weight, "act_b": act.bias, "eps": getattr(act, "eps", 1e-6)}
 
 
 def mlp_param_count(d_model: int, activation: str, hidden_size: int | None = None, multiple_of: int = 64) -> int:
