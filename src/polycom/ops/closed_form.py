@@ -50,8 +50,9 @@ ALL_GRADS: Needs = (True, True, True)
 _UNSCALED_POWER_LIMIT = 2.0**30
 
 # Row blocks of this many values (2 MB of fp32): a block's passes run in cache and its temporaries are
-# small. Measured on the 2-core EPYC, whole-tensor passes vs blocks, forward + recompute + backward at
-# 4096 x 2112 fp32: PolyNorm 92 -> 70 ms, PolyReLU 84 -> 46 ms, SwiGLU 34 -> 26 ms; about even at 1024 rows.
+# small. A one-off timing on the 2-core EPYC (not a benchmark row), whole-tensor passes vs blocks, forward +
+# recompute + backward at 4096 x 2112 fp32: PolyNorm 92 -> 70 ms, PolyReLU 84 -> 46 ms, SwiGLU 34 -> 26 ms;
+# about even at 1024 rows.
 _BLOCK_ELEMENTS = 1 << 19
 
 

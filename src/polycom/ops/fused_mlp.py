@@ -88,8 +88,9 @@ def activation_backward(kind: str, grad, h, up, weight, bias, stats, needs, grad
 # of fp32) and fed to the down projection block by block. A fresh (tokens, h) tensor over glibc's 32 MB
 # mmap limit page-faults on every use (~10 ms at 4096 x 2112 fp32; the plain PolyCom MLP's tensors are
 # 1.5x SwiGLU's, so they cross that line first), while a block comes back from the allocator's cache and
-# a GEMM over ~800 rows still runs at full speed. Measured on the 2-core EPYC at 4096 tokens: ~2% off the
-# PolyReLU block. Tensors up to twice this size, and CUDA (caching allocator) or compiled code, use one block.
+# a GEMM over ~800 rows still runs at full speed (a one-off timing on the 2-core EPYC, not a benchmark row: a
+# few percent off the PolyReLU block at 4096 tokens). Tensors up to twice this size, and CUDA (caching allocator)
+# or compiled code, use one block.
 _GEMM_BLOCK_ELEMENTS = 1 << 21
 
 
