@@ -1,8 +1,8 @@
 """The closed form walks rows in blocks (`polycom.ops.closed_form._BLOCK_ELEMENTS`): results must not
 depend on where the blocks fall.
 
-Blocks are shrunk to 3 rows so a 10-row input spans 4 blocks, the last one partial (and the fused MLP's
-activation -> down projection runs in 4-row blocks, so the two blockings do not line up); one row is
+Blocks are shrunk to 3 rows so a 10-row input spans 4 blocks, the last one partial (and the fused MLP
+streams its rows in 4-row blocks, so the two blockings do not line up); one row is
 scaled by 1e5 so PolyNorm's row-scaling shortcut is taken in some blocks and not in others. Oracle: the formulas
 in fp64 written here (PolyNorm / PolyReLU with weight[0] on the highest power, SwiGLU, gated product).
 """
@@ -22,15 +22,15 @@ D, H, ROWS = 12, 20, 10
 
 @pytest.fixture
 def three_row_blocks(monkeypatch):
-    """Closed-form blocks of 3 rows and, in the fused MLP, activation -> down projection blocks of 4 rows."""
+    """Closed-form blocks of 3 rows and fused-MLP row blocks of 4 rows."""
     monkeypatch.setattr(closed_form, "_BLOCK_ELEMENTS", 3 * H)
-    monkeypatch.setattr(fused_mlp, "_GEMM_BLOCK_ELEMENTS", 4 * H)
+    monkeypatch.setattr(fused_mlp, "_GEMM_BLOCK_BYTES", 4 * H * 4)  # 4 rows of fp32
     assert len(closed_form._row_blocks(torch.empty(ROWS, H))) == 4
     with polycom.use_backend("torch"):
-        assert [(s.start, s.stop) for s in fused_mlp._gemm_row_blocks(torch.empty(2, 5, H))] == [
+        assert [(s.start, s.stop) for s in fused_mlp._mlp_row_blocks(torch.empty(ROWS, D), H)] == [
             (0, 4),
             (4, 8),
-            (8, 12),
+            (8, 10),
         ]
 
 
@@ -124,3 +124,56 @@ def test_empty_input_gives_empty_outputs_and_zero_coefficient_gradients():
             gx, gw, gb = torch.autograd.grad(y.sum(), [x, w, b])
             assert y.shape == (0, H) and gx.shape == (0, H)
             assert torch.equal(gw, torch.zeros(3)) and torch.equal(gb, torch.zeros(1))
+
+
+def test_mlp_row_blocks_cover_every_row_once_and_stay_whole_when_small_low_precision_or_compiled(monkeypatch):
+    monkeypatch.setattr(fused_mlp, "_GEMM_BLOCK_BYTES", 4 * H * 4)  # 4 rows of fp32
+    with polycom.use_backend("torch"):
+        for rows in (7, 10, 23):
+            blocks = fused_mlp._mlp_row_blocks(torch.empty(rows, D), H)
+            covered = torch.cat([torch.arange(rows)[s] for s in blocks])
+            assert torch.equal(covered, torch.arange(rows))
+            assert all((s.stop - s.start) * H * 4 <= 4 * H * 4 for s in blocks)
+        assert fused_mlp._mlp_row_blocks(torch.empty(6, D), H) == [slice(None)]  # 1.5x the block size: whole
+        assert len(fused_mlp._mlp_row_blocks(torch.empty(7, D), H)) == 2
+        assert len(fused_mlp._mlp_row_blocks(torch.empty(10, D, dtype=torch.float64), H)) == 5  # by bytes
+        # bf16 weight gradients would be summed across blocks in bf16: one block
+        assert fused_mlp._mlp_row_blocks(torch.empty(ROWS, D, dtype=torch.bfloat16), H) == [slice(None)]
+
+
+@pytest.mark.parametrize("name", ["polynorm", "polyrelu_glu"])
+def test_streamed_mlp_saves_x_and_each_row_block_of_h(three_row_blocks, name):
+    from polycom.bench.saved import count_saved
+
+    m = polycom.MLP(D, name, H)
+    x = torch.randn(ROWS, D, requires_grad=True)
+    with polycom.use_backend("torch"):
+        _, saved = count_saved(lambda: m(x), exclude=m.parameters())
+    per_block = [(rows, H) for rows in (4, 4, 2)]
+    if name == "polynorm":  # h blocks, then the (rows, r + 1) statistics of each block
+        want = [(ROWS, D), *per_block, *[(rows, 4) for rows in (4, 4, 2)]]
+    else:  # gate blocks, then up blocks
+        want = [(ROWS, D), *per_block, *per_block]
+    assert [shape for shape, _ in saved.tensors] == want
+    assert saved.bytes == 4 * (ROWS * D + sum(rows * cols for rows, cols in want[1:]))
+
+
+def test_poly_relu_on_relu_input_with_relu_done_gives_the_same_output_and_gradients():
+    """The fused MLP keeps q = relu(h) and tells the closed form (relu_done): output and gradients must equal
+    those of h itself, including where h <= 0 (zero gradient), at 0 and at NaN (propagated as torch.relu)."""
+    torch.manual_seed(3)
+    h = torch.randn(6, H) * 2
+    h[0, :3] = torch.tensor([0.0, -0.0, float("nan")])
+    up, g = torch.randn(6, H), torch.randn(6, H)
+    w, b = torch.tensor([0.7, -0.4, 1.3]), torch.tensor([0.25])
+    for gate in (None, up):
+        plain_y = closed_form.poly_relu_forward(h, gate, w, b)
+        done_y = closed_form.poly_relu_forward(torch.relu(h), gate, w, b, relu_done=True)
+        torch.testing.assert_close(done_y, plain_y, equal_nan=True)
+        plain = closed_form.poly_relu_backward(g, h, gate, w, b)
+        done = closed_form.poly_relu_backward(g, torch.relu(h), gate, w, b, relu_done=True)
+        for got, want in zip(done, plain, strict=True):
+            if want is None:
+                assert got is None
+            else:
+                torch.testing.assert_close(got, want, equal_nan=True)

@@ -87,7 +87,8 @@ def _horner_into(out: torch.Tensor, coefficients: list, q: torch.Tensor) -> torc
         return acc
     if len(coefficients) == 1:
         return out.copy_(top.expand_as(out))
-    torch.addcmul(coefficients[-2], q, top, out=out)
+    # not addcmul(c, q, top): with two broadcast operands (0-dim or per-row) it runs 3-4x slower than mul + add
+    torch.mul(q, top, out=out).add_(coefficients[-2])
     for c in reversed(coefficients[:-2]):
         torch.addcmul(c, out, q, out=out)
     return out
@@ -313,32 +314,42 @@ def _poly_relu_into(out, q, wc, bc) -> torch.Tensor:
     return _horner_into(out, [bc, *(wc[r - i] for i in range(1, r + 1))], q)
 
 
-def _poly_relu_values(xc: torch.Tensor, wc: torch.Tensor, bc: torch.Tensor) -> torch.Tensor:
+def _relu(x: torch.Tensor, relu_done: bool) -> torch.Tensor:
+    """relu(x) (a new tensor; keeps NaN, as torch.relu), or x itself when the caller says x = relu(x) already."""
+    return x if relu_done else torch.relu(x)
+
+
+def _poly_relu_values(xc: torch.Tensor, wc: torch.Tensor, bc: torch.Tensor, relu_done: bool) -> torch.Tensor:
     """PolyReLU(x) in xc's dtype, as a new tensor; relu(x) only ever exists one row block at a time."""
     if torch.compiler.is_compiling():
-        return _poly_relu_into(None, torch.relu(xc), wc, bc)
+        return _poly_relu_into(None, _relu(xc, relu_done), wc, bc)
     x2 = xc.reshape(-1, xc.shape[-1])
     y = torch.empty_like(x2)
     for rows in _row_blocks(x2):
-        _poly_relu_into(y[rows], torch.relu(x2[rows]), wc, bc)
+        _poly_relu_into(y[rows], _relu(x2[rows], relu_done), wc, bc)
     return y.view(xc.shape)
 
 
 def poly_relu_forward(
-    x: torch.Tensor, up: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor
+    x: torch.Tensor,
+    up: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    relu_done: bool = False,
 ) -> torch.Tensor:
-    """PolyReLU(x) (* up) in x's dtype."""
+    """PolyReLU(x) (* up) in x's dtype. relu_done: x already holds relu(x) (the same result; no relu pass)."""
     cd = compute_dtype(x.dtype)
-    y = _poly_relu_values(x.to(cd), weight.to(cd), bias.to(cd))
+    y = _poly_relu_values(x.to(cd), weight.to(cd), bias.to(cd), relu_done)
     if up is not None:
         y.mul_(up)
     return y.to(x.dtype)
 
 
-def _poly_relu_backward_block(gb, xb, slope, r, needs, out_b):
+def _poly_relu_backward_block(gb, xb, slope, r, needs, out_b, relu_done):
     """One row block of `poly_relu_backward`: ([sum g q**i for i = 1..r] or [], dx block or None); the dx
-    block is also written into out_b when given (eager). The block's scratch tensors are small."""
-    q = torch.relu(xb)  # keeps NaN, as torch.relu
+    block is written into out_b when given (eager; out_b may be gb itself). The block's scratch tensors are small."""
+    q = _relu(xb, relu_done)
     sums, scratch, dx = [], None, None
     if needs[2]:
         scratch = gb * q  # g q**(i-1)
@@ -348,11 +359,10 @@ def _poly_relu_backward_block(gb, xb, slope, r, needs, out_b):
                 scratch.mul_(q)
             sums.append(torch.dot(scratch.reshape(-1), q.reshape(-1)))
     if needs[0]:
-        buf = scratch if scratch is not None else torch.empty_like(q)
-        # [x > 0] = sign(q) (NaN stays NaN: torch.relu's gradient passes g there)
-        dx = _horner_into(buf, slope, q).mul_(gb).mul_(q.sign_())
-        if out_b is not None:
-            out_b.copy_(dx)
+        # g [x > 0]: torch.relu's own backward (g passes where x is NaN, as for torch.relu)
+        g_masked = torch.ops.aten.threshold_backward(gb, xb, 0)
+        slope_q = _horner_into(scratch if scratch is not None else torch.empty_like(q), slope, q)
+        dx = torch.mul(slope_q, g_masked, out=out_b) if out_b is not None else slope_q.mul_(g_masked)
     return sums, dx
 
 
@@ -365,16 +375,20 @@ def poly_relu_backward(
     needs: Needs = ALL_GRADS,
     *,
     grad_writable: bool = False,
+    relu_done: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(dx, d_up, dweight, dbias) of PolyReLU (gated when `up` is given); grad_writable as in
-    `poly_norm_backward`. Row blocks: relu(x) and the powers never exist for the whole tensor."""
+    `poly_norm_backward`. Row blocks: relu(x) and the powers never exist for the whole tensor.
+
+    relu_done: x already holds q = relu(x). The backward needs only q (dx = g [q > 0] sum_i i w[r-i] q**(i-1),
+    since q > 0 exactly where x > 0), so the result is the same without the relu pass."""
     cd = compute_dtype(x.dtype)
     xc, wc, bc = x.to(cd), weight.to(cd), bias.to(cd)
     r, n = wc.numel(), x.shape[-1]
     g, owns_g = _writable(grad, cd, grad_writable)
     d_up = None
     if up is not None:
-        d_up, g, owns_g = _gate_grads(g, owns_g, up, needs, lambda: _poly_relu_values(xc, wc, bc))
+        d_up, g, owns_g = _gate_grads(g, owns_g, up, needs, lambda: _poly_relu_values(xc, wc, bc, relu_done))
     x2, g2 = xc.reshape(-1, n), g.reshape(-1, n)
     slope = [i * wc[r - i] for i in range(1, r + 1)]  # sum_i i w[r-i] q**(i-1)
     dbias = g.sum().reshape(1).to(bias.dtype) if needs[2] else None  # before dx may overwrite g
@@ -382,7 +396,7 @@ def poly_relu_backward(
     if needs[0] and not torch.compiler.is_compiling():
         out = g2 if owns_g else torch.empty_like(x2)
     per_block = [
-        _poly_relu_backward_block(g2[rows], x2[rows], slope, r, needs, out[rows] if out is not None else None)
+        _poly_relu_backward_block(g2[rows], x2[rows], slope, r, needs, row_block(out, rows), relu_done)
         for rows in _row_blocks(x2)
     ]
     dweight = dx = None
