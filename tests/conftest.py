@@ -2,6 +2,7 @@
 
 TRITON_INTERPRET must be set before any `@triton.jit` decorator runs, so it is set here, before
 polycom is imported, whenever no GPU is present: CI then runs the Triton kernels on CPU tensors.
+POLYCOM_CPU_COMPILE=0: the suite runs the closed form eagerly (see below).
 """
 
 import os
@@ -10,6 +11,11 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# The closed-form ops are compiled on CPU tensors by default (polycom.ops.cpu_compile); the suite runs them
+# eagerly (a C++ build per function and process would dominate its time) and tests/core/test_cpu_compile.py
+# runs the compiled path, the real Inductor build included. CLI subprocesses inherit this.
+os.environ["POLYCOM_CPU_COMPILE"] = "0"
 
 import pytest  # noqa: E402
 

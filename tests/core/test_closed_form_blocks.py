@@ -2,7 +2,7 @@
 depend on where the blocks fall.
 
 Blocks are shrunk to 3 rows so a 10-row input spans 4 blocks, the last one partial (and the fused MLP
-streams its rows in 4-row blocks, so the two blockings do not line up); one row is
+streams its rows in 4-row blocks, 2-row for gated forms, so the two blockings do not line up); one row is
 scaled by 1e5 so PolyNorm's row-scaling shortcut is taken in some blocks and not in others. Oracle: the formulas
 in fp64 written here (PolyNorm / PolyReLU with weight[0] on the highest power, SwiGLU, gated product).
 """
@@ -22,7 +22,7 @@ D, H, ROWS = 12, 20, 10
 
 @pytest.fixture
 def three_row_blocks(monkeypatch):
-    """Closed-form blocks of 3 rows and fused-MLP row blocks of 4 rows."""
+    """Closed-form blocks of 3 rows and fused-MLP row blocks of 4 rows (gated forms 2: gate and up count together)."""
     monkeypatch.setattr(closed_form, "_BLOCK_ELEMENTS", 3 * H)
     monkeypatch.setattr(fused_mlp, "_GEMM_BLOCK_BYTES", 4 * H * 4)  # 4 rows of fp32
     assert len(closed_form._row_blocks(torch.empty(ROWS, H))) == 4
@@ -143,17 +143,18 @@ def test_mlp_row_blocks_cover_every_row_once_and_stay_whole_when_small_low_preci
 
 @pytest.mark.parametrize("name", ["polynorm", "polyrelu_glu"])
 def test_streamed_mlp_saves_x_and_each_row_block_of_h(three_row_blocks, name):
+    """Block bytes count all hidden pre-activations of a row: plain h of width H in 4-row blocks, gated gate + up
+    (2 H per row) in 2-row blocks."""
     from polycom.bench.saved import count_saved
 
     m = polycom.MLP(D, name, H)
     x = torch.randn(ROWS, D, requires_grad=True)
     with polycom.use_backend("torch"):
         _, saved = count_saved(lambda: m(x), exclude=m.parameters())
-    per_block = [(rows, H) for rows in (4, 4, 2)]
     if name == "polynorm":  # h blocks, then the (rows, r + 1) statistics of each block
-        want = [(ROWS, D), *per_block, *[(rows, 4) for rows in (4, 4, 2)]]
+        want = [(ROWS, D), *[(rows, H) for rows in (4, 4, 2)], *[(rows, 4) for rows in (4, 4, 2)]]
     else:  # gate blocks, then up blocks
-        want = [(ROWS, D), *per_block, *per_block]
+        want = [(ROWS, D), *[(2, H)] * 5, *[(2, H)] * 5]
     assert [shape for shape, _ in saved.tensors] == want
     assert saved.bytes == 4 * (ROWS * D + sum(rows * cols for rows, cols in want[1:]))
 

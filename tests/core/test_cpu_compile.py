@@ -1,9 +1,11 @@
 """`POLYCOM_CPU_COMPILE`: the closed-form ops compiled on the torch backend, and the eager fall-back.
 
-The real Inductor build takes tens of seconds per function, so `_compiled_version` is swapped for the same
-`torch.compile(fn, dynamic=True, fullgraph=True)` with the ``aot_eager`` backend: Dynamo still traces every
-closed-form function whole (``fullgraph``: a graph break, e.g. from an ``out=`` write, fails the test), only
-the C++ code generation is skipped. Oracle: the same block run eagerly.
+Compiling is the default on CPU tensors, but the test suite runs eagerly (`tests/conftest.py` sets
+POLYCOM_CPU_COMPILE=0): the real Inductor build takes seconds per function. Most tests here swap
+`_compiled_version` for the same `torch.compile(fn, dynamic=True, fullgraph=True)` with the ``aot_eager``
+backend: Dynamo still traces every closed-form function whole (``fullgraph``: a graph break, e.g. from an
+``out=`` write, fails the test), only the C++ code generation is skipped; one test runs the real Inductor
+build. Oracle: the same block run eagerly.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def test_unfused_ops_compile_too(aot_eager_compile):
 def test_without_a_cxx_compiler_one_warning_and_eager_results(monkeypatch):
     monkeypatch.setenv(cpu_compile.ENV_VAR, "1")
     monkeypatch.setattr(cpu_compile, "_disabled_reason", None)
-    monkeypatch.setattr(cpu_compile.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cpu_compile, "_compiler_found", lambda: False)
     monkeypatch.setattr(cpu_compile, "_compiled_version", lambda fn: pytest.fail("compiled without a compiler"))
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler") as caught:
         y, _ = _block_grads("polynorm")
@@ -102,3 +104,38 @@ def test_a_bad_value_names_the_variable(monkeypatch, value):
     monkeypatch.setenv(cpu_compile.ENV_VAR, value)
     with pytest.raises(ValueError, match="POLYCOM_CPU_COMPILE"):
         _block_grads("polynorm")
+
+
+def test_compiling_is_the_default_on_cpu_tensors(aot_eager_compile, monkeypatch):
+    monkeypatch.delenv(cpu_compile.ENV_VAR)
+    assert cpu_compile.compile_requested()
+    _block_grads("polyrelu")
+    assert "poly_relu_forward" in aot_eager_compile
+
+
+def test_tensors_off_the_cpu_run_the_eager_function(monkeypatch):
+    monkeypatch.setenv(cpu_compile.ENV_VAR, "1")
+    monkeypatch.setattr(cpu_compile, "_disabled_reason", None)
+    monkeypatch.setattr(cpu_compile, "_compiler_found", lambda: True)
+    monkeypatch.setattr(cpu_compile, "_compiled_version", lambda fn: pytest.fail("compiled a non-CPU call"))
+    x = torch.empty(3, device="meta")
+    assert cpu_compile.compiled(lambda t, *, k: (t.device.type, k))(x, k=2) == ("meta", 2)
+
+
+@pytest.mark.parametrize("name", ["polyrelu", "polynorm_glu"])
+def test_real_inductor_build_matches_eager(monkeypatch, name):
+    """The default path as users get it: Inductor's C++ code for the closed form (fused MLP: forward,
+    recompute and backward), against the eager closed form."""
+    if not cpu_compile._compiler_found():
+        pytest.skip("no C++ compiler on this machine: the eager fall-back is what runs (tested above)")
+    monkeypatch.setenv(cpu_compile.ENV_VAR, "1")
+    monkeypatch.setattr(cpu_compile, "_disabled_reason", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed build would fall back with a warning
+        y, grads = _block_grads(name, scale=3.0)
+    assert cpu_compile.active()
+    monkeypatch.setenv(cpu_compile.ENV_VAR, "0")
+    y_eager, grads_eager = _block_grads(name, scale=3.0)
+    torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, grads_eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -12,7 +12,20 @@ from polycom.bench.model import CSV_FIELDS
 from polycom.bench.rows import append_rows
 from polycom.cli import main
 
-TINY = ["bench", "model", "--device", "cpu", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16"]
+# eager closed form (no C++ build per test); the compiled default is tested on its own below
+TINY = [
+    "bench",
+    "model",
+    "--device",
+    "cpu",
+    "--preset",
+    "tiny",
+    "--batch-size",
+    "2",
+    "--seq-len",
+    "16",
+    "--no-cpu-compile",
+]
 FAST = ["--steps", "1", "--warmup", "0", "--model.n_layers=1"]
 
 
@@ -36,6 +49,7 @@ def test_cpu_run_appends_rows_with_metadata(tmp_path, capsys):
         assert r["git_commit"] and r["preset"] == "tiny" and r["overrides"] == {"n_layers": 1}
         assert r["step_ms"] > 0 and r["tokens_per_s"] == pytest.approx(2 * 16 / (r["step_ms"] / 1e3))
         assert r["mfu"] is None and r["peak_mem_gib"] is None  # CPU: n/a
+        assert r["cpu_compile"] is False
     assert rows[0]["step_vs_swiglu"] == 1.0 and rows[2]["step_vs_swiglu_eager"] == 1.0
     assert rows[1]["params_vs_swiglu"] == pytest.approx(1.0, abs=0.01)
     assert rows[1]["step_vs_swiglu"] == pytest.approx(rows[1]["step_ms"] / rows[0]["step_ms"])
@@ -47,6 +61,28 @@ def test_cpu_run_appends_rows_with_metadata(tmp_path, capsys):
         table = list(csv.DictReader(fh))
     assert list(table[0]) == CSV_FIELDS and [r["activation"] for r in table] == ["swiglu", "polynorm", "swiglu"]
     assert json.loads(table[1]["overrides"]) == {"n_layers": 1} and table[1]["step_ms"] == str(rows[1]["step_ms"])
+
+
+def test_cpu_runs_compile_the_closed_form_by_default_and_record_it(tmp_path, monkeypatch):
+    from polycom.ops import cpu_compile
+
+    compiled_names: list[str] = []
+
+    def aot_eager(fn):  # Dynamo traces the function whole; no C++ build
+        compiled_names.append(fn.__name__)
+        return torch.compile(fn, dynamic=True, fullgraph=True, backend="aot_eager")
+
+    monkeypatch.setattr(cpu_compile, "_disabled_reason", None)
+    monkeypatch.setattr(cpu_compile, "_compiler_found", lambda: True)
+    monkeypatch.setattr(cpu_compile, "_compiled_version", aot_eager)
+    out = tmp_path / "r.jsonl"
+    assert main([*TINY[:-1], *FAST, "--activations", "polyrelu", "--mlp-paths", "fused", "--out", str(out)]) == 0
+    assert {"poly_relu_forward", "poly_relu_backward", "swiglu_forward"} <= set(compiled_names)
+    assert all(json.loads(line)["cpu_compile"] is True for line in out.read_text().splitlines())
+    monkeypatch.setattr(cpu_compile, "_compiler_found", lambda: False)  # no compiler: eager, and recorded so
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        assert main([*TINY[:-1], *FAST, "--activations", "swiglu", "--out", str(out)]) == 0
+    assert json.loads(out.read_text().splitlines()[-1])["cpu_compile"] is False
 
 
 def test_peak_override_gives_mfu_from_formula(tmp_path, capsys):

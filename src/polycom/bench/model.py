@@ -42,6 +42,7 @@ from polycom.models.config import ModelConfig
 from polycom.models.presets import get_preset
 from polycom.models.transformer import build_model
 from polycom.modules.activations import DEFAULT_ACTIVATIONS
+from polycom.ops import cpu_compile
 from polycom.train.config import TrainConfig, apply_override, parse_override
 from polycom.utils.hardware import peak_flops, pick_device
 
@@ -80,7 +81,7 @@ class BenchSettings:
     mlp_paths: str = "fused"  # fused: every activation fused + SwiGLU unfused; both: every activation both ways
     mlp_d_model: int | None = None  # MLP-block width; None = the model's d_model
     mlp_tokens: int | None = None  # MLP-block tokens; None = batch_size * seq_len; 0 = no MLP-block rows
-    cpu_compile: bool = False  # POLYCOM_CPU_COMPILE=1 for the run (compiled closed-form activation math)
+    cpu_compile: bool = True  # POLYCOM_CPU_COMPILE for the run: 1 compiled closed-form math on CPU tensors, 0 eager
     commit: str | None = None  # git commit for the rows when the tree has no .git (a copied checkout)
 
     def validate(self) -> None:
@@ -310,7 +311,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] | Non
     todo = variants(settings)
     for activation, fused in todo:  # fail early on a bad name or config, before any timing
         model_config(settings, activation, fused)
-    with _env("POLYCOM_BACKEND", settings.backend), _env("POLYCOM_CPU_COMPILE", "1" if settings.cpu_compile else None):
+    with _env("POLYCOM_BACKEND", settings.backend), _env("POLYCOM_CPU_COMPILE", "1" if settings.cpu_compile else "0"):
         header = _header(settings, device)
         prepared = []
         for activation, fused in todo:
@@ -324,6 +325,8 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] | Non
         mlp = [p.mlp_step for p in prepared if p.mlp_step is not None]
         mlp_times = interleaved_times(mlp, settings.steps, device) if len(mlp) == len(prepared) else None
         loss = [float(p.step()) for p in prepared]
+        # what ran, not what was asked: no C++ compiler or a failed build means eager closed-form math
+        header["cpu_compile"] = settings.cpu_compile and device.type == "cpu" and cpu_compile.active()
     rows = []
     for i, p in enumerate(prepared):
         if not torch.isfinite(torch.tensor(loss[i])):

@@ -65,7 +65,11 @@ def register(subparsers) -> None:
     p.add_argument("--mlp-d-model", type=int, help="MLP-block benchmark width (default: the model's d_model)")
     p.add_argument("--mlp-tokens", type=int, help="MLP-block tokens (default: batch x seq-len; 0: no MLP block)")
     p.add_argument(
-        "--cpu-compile", action="store_true", help="POLYCOM_CPU_COMPILE=1: compiled closed-form activation math"
+        "--cpu-compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compiled closed-form activation math on CPU tensors (POLYCOM_CPU_COMPILE, the default); "
+        "--no-cpu-compile: eager",
     )
     p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s for MFU when the card is not in the table")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON-lines file to append to (default: %(default)s)")

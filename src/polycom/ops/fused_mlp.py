@@ -92,20 +92,23 @@ def activation_backward(kind: str, grad, h, up, weight, bias, stats, needs, grad
     )  # fmt: skip
 
 
-# On the CPU a large block is streamed in row blocks of at most this many bytes of hidden values (16 MB): h,
-# the activation output a, d(a) and dh exist one row block at a time, and h is saved as its row blocks. A
+# On the CPU a large block is streamed in row blocks of at most this many bytes of hidden pre-activations
+# (h; gated: gate and up together), 16 MB: h, the activation output a, d(a) and dh exist one row block at a
+# time, and h is saved as its row blocks. Counting gate and up together gives SwiGLU and the plain PolyCom
+# MLP (1.5x wider, half the tensors) the same rows per block at matched parameters. A
 # fresh (tokens, h) tensor over glibc's 32 MB mmap limit page-faults on every use (~10 ms per (4096, 2112)
 # fp32 GEMM output, a one-off timing on the 2-core EPYC, not a benchmark row; the plain PolyCom MLP's hidden
 # tensors are 1.5x SwiGLU's, so they cross that line first), while a block comes back from the allocator's
-# cache. Tensors up to 1.5x this size (24 MB, well under that limit) stay one block, and so do CUDA (caching
-# allocator), compiled code and low-precision dtypes (whose weight gradients would be summed across blocks
-# in that dtype). In one-off timings 16 MB blocks were a few percent faster than 4 or 8 MB ones for PolyCom
-# and even for SwiGLU (smaller GEMMs, more passes out of cache).
+# cache. Up to 1.5x this size (24 MB, each tensor well under that limit) stays one block, and so do CUDA
+# (caching allocator), compiled code and low-precision dtypes (whose weight gradients would be summed across
+# blocks in that dtype). In one-off timings at 4096 tokens, d 512, both SwiGLU and PolyReLU ran a few percent
+# faster in three blocks of 1366 rows than in one block or in five or more.
 _GEMM_BLOCK_BYTES = 16 << 20
 
 
 def _mlp_row_blocks(x2: torch.Tensor, hidden: int) -> list[slice]:
-    """Equal row slices of x2 (rows, d) whose (rows, hidden) tensors hold at most `_GEMM_BLOCK_BYTES` each."""
+    """Equal row slices of x2 (rows, d) whose hidden pre-activations, `hidden` values per row (gated: both
+    widths), hold at most `_GEMM_BLOCK_BYTES` per block."""
     rows = x2.shape[0]
     total = rows * hidden * x2.element_size()
     if (
@@ -165,7 +168,7 @@ class FusedMLPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gate_w, gate_b, up_w, up_b, down_w, down_b, act_w, act_b, kind, eps):
         x2 = as_rows(x)
-        blocks = _mlp_row_blocks(x2, up_w.shape[0])
+        blocks = _mlp_row_blocks(x2, up_w.shape[0] * (2 if gate_w is not None else 1))
         y = None if len(blocks) == 1 else x2.new_empty(x2.shape[0], down_w.shape[0])
         gates, ups, stats = [], [], []
         for rows in blocks:
