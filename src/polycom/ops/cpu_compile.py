@@ -10,8 +10,8 @@
 
 Compiling fuses the closed form's passes (about 10 for a PolyNorm forward, 20 for its backward, each a
 trip through memory) into one or two loops. On the project's 2-core CPU that takes the MLP block of a
-PolyReLU / PolyNorm MLP from 1.03-1.07x / 1.02-1.06x the fused SwiGLU block's time (eager) to
-1.01-1.02x (`benchmarks/README.md`). The price is a first call of each new (dtype, order, gated)
+PolyReLU / PolyNorm MLP from 1.03-1.05x / 1.05-1.07x the fused SwiGLU block's time (eager) to
+0.98-1.02x / 1.00-1.02x (`benchmarks/README.md`). The price is a first call of each new (dtype, order, gated)
 combination: about 25 s for SwiGLU, PolyReLU and PolyNorm together with an empty cache (about 8 s of it
 is torch.compile starting up), near nothing once Inductor's cache holds them. CUDA tensors always run the
 eager closed form here (the Triton kernels are the GPU path), and so does a function called inside a
