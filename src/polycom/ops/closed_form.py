@@ -88,7 +88,7 @@ def _horner_into(out: torch.Tensor, coefficients: list, q: torch.Tensor) -> torc
     if len(coefficients) == 1:
         return out.copy_(top.expand_as(out))
     # The first step c + top q: not addcmul(c, q, top), which with two broadcast operands (0-dim or per-row) runs
-    # 3-4x slower than mul + add on an in-cache block (one-off timing); a 0-dim top on the CPU goes in as alpha,
+    # 2.5-3.5x slower than mul + add on an in-cache block (one-off timing); a 0-dim top on the CPU goes in as alpha,
     # one pass (reading it is free there; on a GPU it would be a device sync)
     if top.dim() == 0 and top.device.type == "cpu":
         torch.add(coefficients[-2], q, alpha=float(top), out=out)

@@ -10,12 +10,12 @@
 
 Compiling fuses the closed form's passes (about 10 for a PolyNorm forward, 20 for its backward, each a
 trip through memory) into one or two loops. On the project's 2-core CPU that takes the MLP block of a
-PolyReLU / PolyNorm MLP from 1.03-1.05x / 1.05-1.07x the fused SwiGLU block's time (eager) to
-0.98-1.02x / 1.00-1.02x (`benchmarks/README.md`). The price is a first call of each new (dtype, order, gated)
-combination: about 25 s for SwiGLU, PolyReLU and PolyNorm together with an empty cache (about 8 s of it
-is torch.compile starting up), near nothing once Inductor's cache holds them. CUDA tensors always run the
-eager closed form here (the Triton kernels are the GPU path), and so does a function called inside a
-model that is itself being compiled (the outer compile traces it).
+PolyReLU / PolyNorm MLP from 1.03-1.05x / 1.05-1.07x the fused SwiGLU block's time (eager) to 0.98-1.02x
+/ 1.00-1.02x (`benchmarks/README.md`). The price is a first call of each new (dtype, order, gated)
+combination: about 25 s for SwiGLU, PolyReLU and PolyNorm together with an empty cache (the first
+function compiled took 13.6 s, the later ones 3-6 s), near nothing once Inductor's cache holds them.
+CUDA tensors always run the eager closed form here (the Triton kernels are the GPU path), and so does a
+function called inside a model that is itself being compiled (the outer compile traces it).
 """
 
 from __future__ import annotations

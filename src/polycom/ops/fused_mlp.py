@@ -167,7 +167,7 @@ class FusedMLPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gate_w, gate_b, up_w, up_b, down_w, down_b, act_w, act_b, kind, eps):
-        x2 = as_rows(x)
+        x2, relu_done = as_rows(x), kind == "polyrelu"
         blocks = _mlp_row_blocks(x2, up_w.shape[0] * (2 if gate_w is not None else 1))
         y = None if len(blocks) == 1 else x2.new_empty(x2.shape[0], down_w.shape[0])
         gates, ups, stats = [], [], []
@@ -176,9 +176,9 @@ class FusedMLPFunction(torch.autograd.Function):
             gate = F.linear(xb, gate_w, gate_b) if gate_w is not None else None
             up = F.linear(xb, up_w, up_b)
             h, u = (gate, up) if gate is not None else (up, None)
-            if kind == "polyrelu":
+            if relu_done:
                 h.relu_()  # q = relu(h) is all PolyReLU's output and backward need: it is what is kept
-            a, block_stats = activation_forward(kind, h, u, act_w, act_b, eps, relu_done=True)
+            a, block_stats = activation_forward(kind, h, u, act_w, act_b, eps, relu_done)
             y_block = _linear_into(a, down_w, down_b, row_block(y, rows))
             y = y_block if y is None else y
             gates.append(gate)
@@ -187,7 +187,7 @@ class FusedMLPFunction(torch.autograd.Function):
         ctx.gated, ctx.has_stats = gate_w is not None, stats[0] is not None
         per_block = [*(gates if ctx.gated else ()), *ups, *(stats if ctx.has_stats else ())]
         ctx.save_for_backward(x, gate_w, up_w, down_w, act_w, act_b, *per_block)
-        ctx.kind, ctx.eps, ctx.blocks = kind, eps, blocks
+        ctx.kind, ctx.eps, ctx.blocks, ctx.relu_done = kind, eps, blocks, relu_done
         return y.view(*x.shape[:-1], down_w.shape[0])
 
     @staticmethod
@@ -210,12 +210,12 @@ class FusedMLPFunction(torch.autograd.Function):
             gb, xb = g2[rows], x2[rows]
             h, u = (gate, up) if gated else (up, None)
             if need[5]:  # the activation output is recomputed, never saved
-                a = activation_recompute(ctx.kind, h, u, act_w, act_b, block_stats, ctx.eps, relu_done=True)
+                a = activation_recompute(ctx.kind, h, u, act_w, act_b, block_stats, ctx.eps, ctx.relu_done)
                 sums.add_mm("down_w", gb.t(), a)
             da = gb.mm(down_w)
             # da is this node's own tensor: the activation's backward writes dh into it
             dh, d_u, d_act_w, d_act_b = activation_backward(
-                ctx.kind, da, h, u, act_w, act_b, block_stats, needs, grad_writable=True, relu_done=True
+                ctx.kind, da, h, u, act_w, act_b, block_stats, needs, grad_writable=True, relu_done=ctx.relu_done
             )  # fmt: skip
             d_gate, d_up = (dh, d_u) if gated else (None, dh)
             if need[0]:
