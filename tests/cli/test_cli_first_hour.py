@@ -82,7 +82,9 @@ def test_bad_thread_environment_is_a_clear_cli_error(tmp_path, monkeypatch, caps
 # path messages
 
 
-@pytest.mark.parametrize("argv", [["generate", "--run"], ["export", "--out", "OUT", "--run"], ["eval", "--text", "t", "--model"]])
+@pytest.mark.parametrize(
+    "argv", [["generate", "--run"], ["export", "--out", "OUT", "--run"], ["eval", "--text", "t", "--model"]]
+)
 def test_missing_path_and_file_for_folder_are_named(argv, tmp_path, capsys):
     argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
     assert main([*argv, str(tmp_path / "nope")]) == 2

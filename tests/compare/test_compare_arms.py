@@ -57,13 +57,17 @@ def test_arm_options_give_the_same_run_config_as_the_train_overrides():
     recipe = load_recipe(CPU)
     cfg = CompareConfig(out="x")
     got = build_run_config(cfg, recipe, "polynorm:order=2", 1, DATA, 256)
-    plain = build_run_config(CompareConfig(out="x", overrides=["--model.activation_order=2"]), recipe, "polynorm", 1, DATA, 256)
+    plain = build_run_config(
+        CompareConfig(out="x", overrides=["--model.activation_order=2"]), recipe, "polynorm", 1, DATA, 256
+    )
     assert got.to_dict() == plain.to_dict()
     general = build_run_config(cfg, recipe, "polycom:base=prelu:composition=2", 0, DATA, 256)
     assert general.model.activation_options == {"base": "prelu", "composition": 2}
     assert recipe.model.activation_options == {}  # the recipe is left alone
     with pytest.raises(UserError, match="changes the options of arm 'polynorm:order=2'"):
-        build_run_config(CompareConfig(out="x", overrides=["--model.activation_order=4"]), recipe, "polynorm:order=2", 0, DATA, 256)
+        build_run_config(
+            CompareConfig(out="x", overrides=["--model.activation_order=4"]), recipe, "polynorm:order=2", 0, DATA, 256
+        )
 
 
 def test_named_recipes_ship_and_resolve():
@@ -105,10 +109,20 @@ def _shared_state(cfg) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if ".mlp." not in k}
 
 
-ARMS = ["swiglu", "polynorm", "polynorm:order=2", "polyrelu:order=4", "polycom:base=silu:composition=2", "polyprelu", "relu"]
+ARMS = [
+    "swiglu",
+    "polynorm",
+    "polynorm:order=2",
+    "polyrelu:order=4",
+    "polycom:base=silu:composition=2",
+    "polyprelu",
+    "relu",
+]
 
 
-@pytest.mark.parametrize("overrides", [[], ["--model.hidden_size=200"], ["--model.n_layers=3", "--model.multiple_of=48"]])
+@pytest.mark.parametrize(
+    "overrides", [[], ["--model.hidden_size=200"], ["--model.n_layers=3", "--model.multiple_of=48"]]
+)
 def test_shared_parts_start_bitwise_identical_across_arms(overrides):
     recipe = load_recipe(CPU)
     cfg = CompareConfig(out="x", overrides=overrides)

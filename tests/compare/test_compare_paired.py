@@ -52,7 +52,11 @@ def test_holm_adjustment_by_hand():
 def test_all_pairs_tests_every_pair_with_holm():
     rng = np.random.default_rng(0)
     base = rng.normal(2.0, 0.02, size=6)
-    values = {"a": list(base), "b": list(base + 0.05 + rng.normal(0, 0.002, 6)), "c": list(base + np.array([0.01, -0.01, 0.01, -0.01, 0.005, -0.005]))}
+    values = {
+        "a": list(base),
+        "b": list(base + 0.05 + rng.normal(0, 0.002, 6)),
+        "c": list(base + np.array([0.01, -0.01, 0.01, -0.01, 0.005, -0.005])),
+    }
     rows = all_pairs(values)
     assert [(r["a"], r["b"]) for r in rows] == [("a", "b"), ("a", "c"), ("b", "c")]
     p = [r["p_value"] for r in rows]
@@ -97,7 +101,12 @@ def test_multi_seed_comparison_reports_pairs_convergence_and_noise(tmp_path):
     text = tmp_path / "plays.txt"
     text.write_text(embedded_corpus_text()[:60_000])
     cfg = CompareConfig(
-        out=str(tmp_path / "out"), activations=["swiglu", "polynorm:order=2"], seeds=3, steps=8, data=str(text), overrides=TINY
+        out=str(tmp_path / "out"),
+        activations=["swiglu", "polynorm:order=2"],
+        seeds=3,
+        steps=8,
+        data=str(text),
+        overrides=TINY,
     )
     results = run_compare(cfg, show_progress=False)
     out = Path(cfg.out)

@@ -79,7 +79,10 @@ def test_run_config_matches_the_train_loader(device, kwargs):
 def test_runs_differ_only_in_activation_and_seed_and_leave_the_recipe_alone():
     recipe = load_recipe(CPU)
     before = copy.deepcopy(recipe.to_dict())
-    cfg = CompareConfig(out="unused", overrides=["--parallel.activation_checkpointing=true", "--model.n_layers=3", "--data.val_fraction=0.1"])
+    cfg = CompareConfig(
+        out="unused",
+        overrides=["--parallel.activation_checkpointing=true", "--model.n_layers=3", "--data.val_fraction=0.1"],
+    )
     a = build_run_config(cfg, recipe, "swiglu", 0, DATA, 256).to_dict()
     b = build_run_config(cfg, recipe, "polynorm", 1, DATA, 256).to_dict()
     assert recipe.to_dict() == before

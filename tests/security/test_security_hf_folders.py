@@ -140,4 +140,3 @@ def test_every_hf_load_passes_trust_remote_code_explicitly(tmp_path, monkeypatch
     for name, kwargs in spy.calls:
         assert kwargs.get("trust_remote_code", "absent") is trust, (name, kwargs)
         assert kwargs.get("local_files_only") is True, (name, kwargs)
-

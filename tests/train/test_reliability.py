@@ -83,8 +83,6 @@ SMALL = [
 ]
 
 
-
-
 def small_config(data_dir, *extra):
     return load_config(preset="tiny", overrides=[*SMALL, f'--data.path="{data_dir}"', *extra])
 

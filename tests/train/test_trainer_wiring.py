@@ -41,8 +41,6 @@ SMALL = [
 ]
 
 
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     before = torch.get_num_threads()

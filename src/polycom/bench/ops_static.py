@@ -100,7 +100,9 @@ def _polynorm_plan(mode: str, gated: bool, m: int, n: int, elt: int, order: int,
           "BLOCK_N": launch.block_n, "SINGLE_TILE": launch.single_tile, "ACC": tl.float32}  # fmt: skip
     layout = f"v1 {'single' if launch.single_tile else 'looped'} {launch.block_m}x{launch.block_n}"
     reread = 0 if launch.single_tile else n * elt * (streams_reread + (1 if gated and not backward else 0))
-    return KernelPlan(fn, cx, launch.num_warps, layout, launch.grid[0], 1, False, launch.grid[0], 4 * (order + 1), reread)
+    return KernelPlan(
+        fn, cx, launch.num_warps, layout, launch.grid[0], 1, False, launch.grid[0], 4 * (order + 1), reread
+    )
 
 
 def _polyrelu_plan(mode: str, gated: bool, m: int, n: int, order: int) -> KernelPlan:

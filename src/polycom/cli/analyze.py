@@ -107,7 +107,11 @@ def register(subparsers) -> None:
     mp.add_argument("--seq-len", type=_positive_int, default=256, help="tokens per sequence (default: %(default)s)")
     mp.add_argument("--device", default="cpu")
     mp.add_argument("--out", default="reports/model", help="output folder (default: %(default)s)")
-    mp.add_argument("--safe", action="store_true", help="load run folders only from files that cannot run code (no sharded checkpoints)")
+    mp.add_argument(
+        "--safe",
+        action="store_true",
+        help="load run folders only from files that cannot run code (no sharded checkpoints)",
+    )
     mp.add_argument("--trust-remote-code", action="store_true", help=TRUST_REMOTE_CODE_HELP)
     mp.set_defaults(handler=_model)
 

@@ -40,7 +40,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--include-path", action="append", default=[], help="extra folder of lm-eval YAML tasks (repeatable)"
     )
-    parser.add_argument("--safe", action="store_true", help="load run folders only from files that cannot run code (no sharded checkpoints)")
+    parser.add_argument(
+        "--safe",
+        action="store_true",
+        help="load run folders only from files that cannot run code (no sharded checkpoints)",
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help=TRUST_REMOTE_CODE_HELP)
     parser.add_argument(
         "--offline", action="store_true", help="never touch the network (sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"

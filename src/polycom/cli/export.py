@@ -28,7 +28,9 @@ def register(subparsers) -> None:
     source.add_argument("--checkpoint", help="DCP checkpoint folder of a multi-process run (-> one .safetensors)")
     parser.add_argument("--out", required=True, help="output folder (--run) or .safetensors file (--checkpoint)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an output folder or file an earlier polycom export wrote")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an output folder or file an earlier polycom export wrote"
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare-logits check")
     parser.set_defaults(handler=run)
 

@@ -26,7 +26,11 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--safe", action="store_true", help="load run folders only from files that cannot run code (no sharded checkpoints)")
+    parser.add_argument(
+        "--safe",
+        action="store_true",
+        help="load run folders only from files that cannot run code (no sharded checkpoints)",
+    )
     parser.set_defaults(handler=run)
 
 

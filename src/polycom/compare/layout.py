@@ -1,10 +1,10 @@
 """The output folder of a comparison: names of its parts, and the rules for reusing a folder.
 
-    OUT/compare.json      what was asked (written first; marks the folder as a comparison)
-    OUT/data/             the prepared token shards (unless --data names a prepared folder)
-    OUT/runs/<arm>-s<i>/  each run's folder (config.json, run.json, metrics.jsonl, checkpoints/, tokenizer/)
-    OUT/results.json      numbers per activation (written last: marks the comparison as finished)
-    OUT/report.md, OUT/loss.png
+OUT/compare.json      what was asked (written first; marks the folder as a comparison)
+OUT/data/             the prepared token shards (unless --data names a prepared folder)
+OUT/runs/<arm>-s<i>/  each run's folder (config.json, run.json, metrics.jsonl, checkpoints/, tokenizer/)
+OUT/results.json      numbers per activation (written last: marks the comparison as finished)
+OUT/report.md, OUT/loss.png
 """
 
 from __future__ import annotations

@@ -92,9 +92,7 @@ def load_eval_model(
     )
 
 
-def _load_run(
-    folder: Path, device: torch.device, dtype: torch.dtype | None, step: int | None, safe: bool
-) -> EvalModel:
+def _load_run(folder: Path, device: torch.device, dtype: torch.dtype | None, step: int | None, safe: bool) -> EvalModel:
     from polycom.train.checkpoint import load_run
 
     model, model_config, tok, _, _ = load_run(folder, device=device, step=step, safe=safe)

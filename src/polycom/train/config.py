@@ -175,7 +175,7 @@ class TrainConfig:
         if not isinstance(self.data.held_out, list) or any(
             not isinstance(h, str) or not h.partition("=")[0] or not h.partition("=")[2] for h in self.data.held_out
         ):
-            raise UserError(f"data.held_out must be a list of \"NAME=FOLDER\" strings, got {self.data.held_out!r}")
+            raise UserError(f'data.held_out must be a list of "NAME=FOLDER" strings, got {self.data.held_out!r}')
         if o.schedule_steps < 0:
             raise UserError(f"optim.schedule_steps must be >= 0 (0 = train.steps), got {o.schedule_steps}")
         if o.lr <= 0 or not 0 <= o.min_lr_ratio <= 1 or o.warmup_steps < 0 or o.grad_clip < 0:

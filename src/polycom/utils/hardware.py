@@ -1,9 +1,9 @@
 """Device facts shared by training, benchmarks and the CLI: device choice, autocast, peak FLOP/s, peak memory.
 
-    device = pick_device("auto")                      # cuda when a GPU is visible, else cpu
-    dtype = matmul_dtype(device, "auto")             # bf16 on CUDA, fp32 on CPU
-    with autocast_context(device, "auto"): ...        # bf16 autocast, or nothing for fp32
-    mfu = flops_per_token * tokens_per_s / peak_flops(device, dtype)   # peak_flops is None when unknown
+device = pick_device("auto")                      # cuda when a GPU is visible, else cpu
+dtype = matmul_dtype(device, "auto")             # bf16 on CUDA, fp32 on CPU
+with autocast_context(device, "auto"): ...        # bf16 autocast, or nothing for fp32
+mfu = flops_per_token * tokens_per_s / peak_flops(device, dtype)   # peak_flops is None when unknown
 """
 
 from __future__ import annotations

@@ -87,7 +87,9 @@ def _exchange_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk,
 def _combine_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx,
                     SPLIT: tl.constexpr, SPLIT_P: tl.constexpr, RP: tl.constexpr, PHASE: tl.constexpr):  # fmt: skip
     """Row sums of a split row: the sum of the chunks' partials (`_exchange_chunks`)."""
-    partials = _exchange_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, SPLIT_P, RP, PHASE)
+    partials = _exchange_chunks(
+        sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, SPLIT_P, RP, PHASE
+    )
     return tl.sum(partials, axis=0)[None, :]
 
 
@@ -96,7 +98,9 @@ def _combine_scaled_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, 
                            SPLIT: tl.constexpr, SPLIT_P: tl.constexpr, RP: tl.constexpr, PHASE: tl.constexpr):  # fmt: skip
     """(power sums of x / s [1, RP], s [1, 1]) of a split row whose chunks carry their scale t_k in column R:
     s = max_k t_k, sums = sum_k partial_k * (t_k / s)**(2i) (padded chunks: t = 0, weight 0)."""
-    partials = _exchange_chunks(sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, SPLIT_P, RP, PHASE)
+    partials = _exchange_chunks(
+        sums, scratch_ptr, count_ptr, block, rows64, row_ok, chunk, ridx, SPLIT, SPLIT_P, RP, PHASE
+    )
     scales = _column(partials, ridx, R)  # [SPLIT_P, 1]
     s = tl.maximum(tl.max(scales, axis=0)[None, :], 1.0)  # [1, 1]
     total = tl.sum(partials * _even_powers(scales / s, ridx, R), axis=0)[None, :]
