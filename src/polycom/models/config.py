@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from polycom.modules.activations import activation_spec, is_gated
-from polycom.modules.mlp import matched_hidden_size
+from polycom.modules.mlp import matched_hidden_size, plain_hidden_size
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -199,7 +199,7 @@ class ModelConfig:
         if self.moe.expert_hidden_size is not None:
             return self.moe.expert_hidden_size
         gated = _round_up(self.d_model / 2, self.multiple_of)
-        return gated if self.gated else (3 * gated) // 2
+        return gated if self.gated else plain_hidden_size(gated)
 
     # ----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -12,7 +12,14 @@ from polycom.modules.activations import (
     register_activation,
 )
 from polycom.modules.general_polycom import PolyCom, PolyPReLU, PolyReLUNorm
-from polycom.modules.mlp import MLP, gated_hidden_size, matched_hidden_size, mlp_param_count, mlp_param_table
+from polycom.modules.mlp import (
+    MLP,
+    gated_hidden_size,
+    matched_hidden_size,
+    mlp_param_count,
+    mlp_param_table,
+    plain_hidden_size,
+)
 from polycom.modules.polycom import (
     PolyCoefficients,
     PolyNorm,
@@ -45,6 +52,7 @@ __all__ = [
     "is_polycom_module",
     "is_polycom_parameter",
     "matched_hidden_size",
+    "plain_hidden_size",
     "mlp_param_count",
     "mlp_param_table",
     "register_activation",

@@ -37,10 +37,18 @@ def gated_hidden_size(d_model: int, multiple_of: int = 64) -> int:
     return multiple_of * math.ceil(8 * d_model / 3 / multiple_of)
 
 
+def plain_hidden_size(gated_width: int) -> int:
+    """The plain (two-matrix) MLP width with the parameters of a gated (three-matrix) MLP of `gated_width`:
+    3 d h_gated = 2 d h_plain, so h_plain = 1.5 h_gated (rounded down for an odd width)."""
+    if gated_width < 1:
+        raise ValueError(f"gated_width must be >= 1, got {gated_width}")
+    return (3 * gated_width) // 2
+
+
 def matched_hidden_size(d_model: int, activation: str | nn.Module, multiple_of: int = 64) -> int:
     """The parameter-matched hidden width for `activation` at `d_model` (gated rule x 1.5 if plain)."""
     gated = gated_hidden_size(d_model, multiple_of)
-    return gated if is_gated(activation) else (3 * gated) // 2
+    return gated if is_gated(activation) else plain_hidden_size(gated)
 
 
 class MLP(nn.Module):

@@ -52,6 +52,9 @@ from polycom.ops.dtypes import compute_dtype
 
 __all__ = [
     "is_dtensor",
+    "poly_norm_local_shard",
+    "poly_norm_gated_local_shard",
+    "sum_grad_over_group",
     "poly_norm_dtensor",
     "poly_norm_gated_dtensor",
     "poly_norm_per_shard",
@@ -285,6 +288,61 @@ def poly_norm_gated_dtensor(
         return y.redistribute(gate.device_mesh, _no_partial(gate.placements))
     y_local = _TPPolyNormGated.apply(gate.to_local(), up.to_local(), w, b, float(eps), int(gate.shape[-1]), group)
     return _wrap_like(y_local, gate)
+
+
+def poly_norm_local_shard(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, group: dist.ProcessGroup, width: int
+) -> torch.Tensor:
+    """PolyNorm of the local column slice of a row sharded over `group`, for frameworks that pass plain tensors.
+
+    x: (..., h_local), this rank's columns of rows whose full width is `width` (the sum of every rank's
+    h_local); weight (r,), bias (1,) plain tensors, identical on every rank. Same collectives and
+    exactness as `poly_norm_dtensor`'s fast path: the output equals the columns of the unsharded op, the
+    coefficient gradients are complete and identical on every rank (do not reduce them again).
+    """
+    if isinstance(x, DTensor):
+        raise TypeError("poly_norm_local_shard takes this rank's plain tensor; a DTensor goes to polycom.poly_norm")
+    return _TPPolyNorm.apply(x, weight, bias, float(eps), int(width), group)
+
+
+def poly_norm_gated_local_shard(
+    gate: torch.Tensor,
+    up: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    group: dist.ProcessGroup,
+    width: int,
+) -> torch.Tensor:
+    """PolyNorm(gate) * up on local column slices (see `poly_norm_local_shard`); gate, up (..., h_local)."""
+    if isinstance(gate, DTensor) or isinstance(up, DTensor):
+        raise TypeError("poly_norm_gated_local_shard takes plain tensors; DTensors go to polycom.poly_norm_gated")
+    return _TPPolyNormGated.apply(gate, up, weight, bias, float(eps), int(width), group)
+
+
+class _SumGradOverGroup(torch.autograd.Function):
+    """Identity forward; backward all-reduces (SUM) the gradient over the group (Megatron's "copy to region")."""
+
+    @staticmethod
+    def forward(ctx, t, group):  # type: ignore[override]
+        ctx.group = group
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return _all_reduce(grad.contiguous().clone(), ctx.group), None
+
+
+def sum_grad_over_group(t: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """`t` unchanged; its gradient is summed over `group` in backward (no-op without a group).
+
+    For parameters that every rank of `group` holds whole but that each rank uses on a different part
+    of the data (an elementwise activation on a column slice, shared coefficients under expert
+    parallelism): after the sum each rank holds the complete gradient.
+    """
+    if group is None or dist.get_world_size(group) == 1:
+        return t
+    return _SumGradOverGroup.apply(t, group)
 
 
 def _no_partial(placements) -> list:

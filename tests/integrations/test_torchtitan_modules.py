@@ -1,0 +1,216 @@
+"""The torchtitan FFN and experts against polycom's own MLP / MoE experts with the same weights (fp64).
+
+Outputs and every gradient (input, each matrix, each coefficient) must agree; init, widths and bad
+input are checked here too. Multi-process parallel checks are in test_torchtitan_parallel.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchtitan_cases import (
+    ARMS,
+    EXPERT_H,
+    NUM_EXPERTS,
+    SWIGLU_H,
+    build_real,
+    reference_experts,
+    reference_mlp,
+    routed_tokens,
+    stock_experts_config,
+    stock_ffn_config,
+)
+
+from polycom.errors import UserError
+from polycom.integrations.torchtitan import (
+    PolyComActivation,
+    PolyComFeedForward,
+    PolyComGroupedExperts,
+    polycom_feed_forward_config,
+    polycom_grouped_experts_config,
+)
+
+TIGHT = dict(rtol=1e-10, atol=1e-12)
+
+
+def _grads(module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("arm", ARMS)
+@pytest.mark.parametrize("shape", [(2, 5), (7,)], ids=["batch-seq", "rows"])
+def test_ffn_matches_polycom_mlp(arm, shape):
+    ffn = build_real(polycom_feed_forward_config(stock_ffn_config(), activation=arm))
+    ref = reference_mlp(ffn)
+    x = torch.randn(*shape, ffn.w1.in_features, dtype=torch.float64)
+    g = torch.randn(*shape, ffn.w1.in_features, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ffn(xa), ref(xb)
+    torch.testing.assert_close(ya, yb, **TIGHT)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, **TIGHT)
+    got, want = _grads(ffn), _grads(ref)
+    names = {"w1.weight": "gate_proj.weight" if ffn.mode == "replace" else "up_proj.weight",
+             "w3.weight": "up_proj.weight", "w2.weight": "down_proj.weight"}  # fmt: skip
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, want[names.get(name, name)], **TIGHT, msg=f"gradient of {name}")
+    assert set(got) == {n for n in got}  # every parameter compared above
+    assert any(n.startswith("act.") for n in got)
+
+
+def test_ffn_non_contiguous_input_and_bf16():
+    ffn = build_real(polycom_feed_forward_config(stock_ffn_config(), activation="polynorm"))
+    ref = reference_mlp(ffn)
+    x = torch.randn(16, 5, dtype=torch.float64).t()  # (5, 16), non-contiguous
+    torch.testing.assert_close(ffn(x), ref(x.contiguous()), **TIGHT)
+    ffn_bf16 = ffn.to(torch.bfloat16)
+    y = ffn_bf16(x.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), ref(x), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("arm", ARMS)
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-expert"])
+def test_experts_match_polycom_experts(arm, shared):
+    experts = build_real(
+        polycom_grouped_experts_config(stock_experts_config(), activation=arm, shared_coefficients=shared)
+    )
+    ref, act = reference_experts(experts)
+    counts = [3, 0, 4, 2]  # an expert with no tokens
+    x, counts_t = routed_tokens(counts)
+    g = torch.randn(x.shape, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = experts(xa, counts_t), ref(xb, counts, act)
+    torch.testing.assert_close(ya, yb, **TIGHT)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, **TIGHT)
+    names = {"w1_EFD": "gate_proj" if experts.mode == "replace" else "up_proj", "w3_EFD": "up_proj", "w2_EDF": "down_proj"}
+    for name, p in experts.named_parameters():
+        if name.startswith("act."):
+            coeff = name.removeprefix("act.")
+            if shared:
+                want = getattr(act, coeff).grad
+            else:  # the expert without tokens has no gradient in the reference: zero in ours
+                grads = [getattr(a, coeff).grad for a in act]
+                want = torch.stack([torch.zeros_like(getattr(a, coeff)) if gr is None else gr for a, gr in zip(act, grads)])
+        else:
+            want = getattr(ref, names[name]).grad
+        torch.testing.assert_close(p.grad, want, **TIGHT, msg=f"gradient of {name}")
+
+
+def test_experts_padding_rows_are_zero_and_carry_no_gradient():
+    experts = build_real(polycom_grouped_experts_config(stock_experts_config(), activation="polynorm"))
+    x, counts = routed_tokens([2, 3, 1, 1], padding=3)
+    x.requires_grad_()
+    y = experts(x, counts)
+    assert torch.equal(y[-3:], torch.zeros_like(y[-3:]))
+    y.sum().backward()
+    assert torch.equal(x.grad[-3:], torch.zeros_like(x.grad[-3:]))
+    assert torch.isfinite(experts.act.weight.grad).all()
+
+
+def test_widths_and_parameter_counts_match_swiglu():
+    stock = stock_ffn_config()
+    swiglu = sum(p.numel() for p in build_real(stock).parameters())
+    for arm in ARMS:
+        cfg = polycom_feed_forward_config(stock, activation=arm)
+        module = build_real(cfg)
+        coefficients = sum(p.numel() for p in module.act.parameters())
+        assert sum(p.numel() for p in module.parameters()) - coefficients == swiglu, arm
+        assert cfg.w1.out_features == (SWIGLU_H if cfg.mode == "replace" else SWIGLU_H * 3 // 2)
+        assert hasattr(module, "w3") == (cfg.mode == "replace")
+    experts_cfg = polycom_grouped_experts_config(stock_experts_config(), activation="polyrelu")
+    assert experts_cfg.hidden_dim == EXPERT_H * 3 // 2 and experts_cfg.mode == "ungated"
+
+
+@pytest.mark.parametrize("arm, order", [("polynorm", 3), ("polyrelu:order=4", 4), ("polynorm_glu:order=2", 2)])
+def test_init_after_meta_build_is_one_over_r_and_zero(arm, order):
+    cfg = polycom_feed_forward_config(stock_ffn_config(), activation=arm)
+    with torch.device("meta"):
+        ffn = cfg.build()
+    assert ffn.act.weight.is_meta
+    ffn.to_empty(device="cpu")
+    with torch.no_grad():
+        ffn.init_states()
+    assert torch.equal(ffn.act.weight, torch.full((order,), 1.0 / order))
+    assert torch.equal(ffn.act.bias, torch.zeros(1))
+    per_expert = polycom_grouped_experts_config(stock_experts_config(), activation=arm, shared_coefficients=False)
+    with torch.device("meta"):
+        experts = per_expert.build()
+    experts.to_empty(device="cpu")
+    with torch.no_grad():
+        experts.init_states()
+    assert torch.equal(experts.act.weight, torch.full((NUM_EXPERTS, order), 1.0 / order))
+    assert torch.equal(experts.act.bias, torch.zeros(NUM_EXPERTS, 1))
+
+
+def test_prelu_slope_is_initialised_too():
+    cfg = polycom_feed_forward_config(stock_ffn_config(), activation="polyprelu")
+    with torch.device("meta"):
+        ffn = cfg.build()
+    ffn.to_empty(device="cpu")
+    with torch.no_grad():
+        ffn.init_states()
+    assert torch.equal(ffn.act.prelu_weight, torch.full((1,), 0.25))
+
+
+def test_modules_satisfy_torchtitan_module_protocol():
+    from torchtitan.protocols.module import Module
+
+    for module in (
+        build_real(polycom_feed_forward_config(stock_ffn_config())),
+        build_real(polycom_grouped_experts_config(stock_experts_config(), shared_coefficients=False)),
+    ):
+        assert all(isinstance(m, Module) for m in module.modules())
+        assert isinstance(module.act, PolyComActivation)
+    assert issubclass(PolyComFeedForward, torch.nn.Module) and issubclass(PolyComGroupedExperts, torch.nn.Module)
+
+
+def test_compiled_ffn_matches_eager():
+    ffn = build_real(polycom_feed_forward_config(stock_ffn_config(), activation="polyrelu"), dtype=torch.float32)
+    x = torch.randn(3, 4, ffn.w1.in_features)
+    compiled = torch.compile(ffn, backend="aot_eager", fullgraph=False)
+    torch.testing.assert_close(compiled(x), ffn(x))
+
+
+# -- bad input -----------------------------------------------------------------------------------------
+def test_unknown_activation_is_named():
+    with pytest.raises(UserError, match="unknown activation 'polynrm'.*did you mean: polynorm"):
+        polycom_feed_forward_config(stock_ffn_config(), activation="polynrm")
+
+
+def test_bad_mode_and_gated_activation_in_ungated_mode():
+    with pytest.raises(ValueError, match="mode must be one of ungated, replace"):
+        polycom_feed_forward_config(stock_ffn_config(), activation="polynorm", mode="gated")
+    with pytest.raises(ValueError, match="'polynorm_glu' is gated"):
+        polycom_feed_forward_config(stock_ffn_config(), activation="polynorm_glu", mode="ungated")
+    with pytest.raises(UserError, match="order must be an integer >= 1"):
+        polycom_grouped_experts_config(stock_experts_config(), activation="polynorm:order=0")
+    with pytest.raises(ValueError, match="shared_coefficients must be true or false"):
+        polycom_grouped_experts_config(stock_experts_config(), shared_coefficients="yes")
+
+
+def test_replace_mode_uses_the_gated_form_of_a_plain_activation():
+    cfg = polycom_feed_forward_config(stock_ffn_config(), activation="polynorm:order=2", mode="replace")
+    assert cfg.activation == "polynorm_glu:order=2" and cfg.w1.out_features == SWIGLU_H
+
+
+def test_other_feed_forward_subclasses_are_refused():
+    from torchtitan.models.common.feed_forward import SigmoidGatedFeedForward
+    from torchtitan.models.common.linear import Linear
+
+    stock = stock_ffn_config()
+    sigmoid = SigmoidGatedFeedForward.Config(w1=stock.w1, w2=stock.w2, w3=stock.w3, gate=Linear.Config(in_features=16, out_features=1))
+    with pytest.raises(ValueError, match="SigmoidGatedFeedForward"):
+        polycom_feed_forward_config(sigmoid)
+
+
+def test_wrong_call_shapes_are_named():
+    ffn = build_real(polycom_feed_forward_config(stock_ffn_config(), activation="polynorm"))
+    with pytest.raises(TypeError, match="takes one tensor"):
+        ffn.act(torch.randn(2, 72, dtype=torch.float64), torch.randn(2, 72, dtype=torch.float64))
+    per_expert = build_real(polycom_grouped_experts_config(stock_experts_config(), shared_coefficients=False))
+    with pytest.raises(RuntimeError, match="forward_segments"):
+        per_expert.act(torch.randn(2, 18, dtype=torch.float64))
