@@ -86,7 +86,11 @@ def test_experts_match_polycom_experts(arm, shared):
     (ya * g).sum().backward()
     (yb * g).sum().backward()
     torch.testing.assert_close(xa.grad, xb.grad, **TIGHT)
-    names = {"w1_EFD": "gate_proj" if experts.mode == "replace" else "up_proj", "w3_EFD": "up_proj", "w2_EDF": "down_proj"}
+    names = {
+        "w1_EFD": "gate_proj" if experts.mode == "replace" else "up_proj",
+        "w3_EFD": "up_proj",
+        "w2_EDF": "down_proj",
+    }
     for name, p in experts.named_parameters():
         if name.startswith("act."):
             coeff = name.removeprefix("act.")
@@ -94,7 +98,9 @@ def test_experts_match_polycom_experts(arm, shared):
                 want = getattr(act, coeff).grad
             else:  # the expert without tokens has no gradient in the reference: zero in ours
                 grads = [getattr(a, coeff).grad for a in act]
-                want = torch.stack([torch.zeros_like(getattr(a, coeff)) if gr is None else gr for a, gr in zip(act, grads)])
+                want = torch.stack(
+                    [torch.zeros_like(getattr(a, coeff)) if gr is None else gr for a, gr in zip(act, grads)]
+                )
         else:
             want = getattr(ref, names[name]).grad
         torch.testing.assert_close(p.grad, want, **TIGHT, msg=f"gradient of {name}")
@@ -202,7 +208,9 @@ def test_other_feed_forward_subclasses_are_refused():
     from torchtitan.models.common.linear import Linear
 
     stock = stock_ffn_config()
-    sigmoid = SigmoidGatedFeedForward.Config(w1=stock.w1, w2=stock.w2, w3=stock.w3, gate=Linear.Config(in_features=16, out_features=1))
+    sigmoid = SigmoidGatedFeedForward.Config(
+        w1=stock.w1, w2=stock.w2, w3=stock.w3, gate=Linear.Config(in_features=16, out_features=1)
+    )
     with pytest.raises(ValueError, match="SigmoidGatedFeedForward"):
         polycom_feed_forward_config(sigmoid)
 

@@ -23,7 +23,11 @@ TIGHT = dict(rtol=1e-10, atol=1e-12)
 SPMD_CASES = (
     [("ffn_tp_worker", (arm, False)) for arm in ARMS]
     + [("ffn_tp_worker", ("polynorm", True)), ("ffn_tp_worker", ("polyrelu", True))]
-    + [("experts_tp_worker", (arm, shared)) for arm in ("polynorm", "polyrelu", "polynorm_glu") for shared in (True, False)]
+    + [
+        ("experts_tp_worker", (arm, shared))
+        for arm in ("polynorm", "polyrelu", "polynorm_glu")
+        for shared in (True, False)
+    ]
     + [("experts_ep_worker", (arm, shared)) for arm in ("polynorm", "polyrelu") for shared in (True, False)]
 )
 DTENSOR_CASES = [("ffn_tp_worker", ("polynorm", False)), ("ffn_tp_worker", ("polynorm_glu", False))]

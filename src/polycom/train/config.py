@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from polycom.distributed.config import ParallelConfig
-from polycom.errors import UserError
+from polycom.errors import UserError, did_you_mean
 from polycom.models import ModelConfig, MoEConfig, get_preset
 
 if sys.version_info >= (3, 11):
@@ -214,6 +214,19 @@ def _model_from_dict(d: dict, preset: str) -> ModelConfig:
         return ModelConfig.from_dict(base)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+
+
+RUN_CONFIGS = Path(__file__).resolve().parent / "run_configs"
+
+
+def bundled_config(name: str) -> Path:
+    """The run config `name` shipped with polycom (``configs/<name>.toml`` in the repository, the same files as
+    package data in an installed polycom), e.g. ``paper-1b``; UserError listing the names for an unknown one."""
+    path = RUN_CONFIGS / f"{name}.toml"
+    if not path.is_file():
+        names = sorted(p.stem for p in RUN_CONFIGS.glob("*.toml"))
+        raise UserError(f"no bundled run config {name!r}{did_you_mean(name, names)}; available: {', '.join(names)}")
+    return path
 
 
 def load_config(

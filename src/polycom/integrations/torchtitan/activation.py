@@ -45,7 +45,12 @@ from torchtitan.protocols.sharding import ShardingConfig, SpmdLayout
 from polycom.compare.arms import parse_arm
 from polycom.modules import PolyNorm, PolyNormGated, get_activation, is_gated
 from polycom.modules.general_polycom import PolyCom
-from polycom.ops.tensor_parallel import is_dtensor, poly_norm_gated_local_shard, poly_norm_local_shard, sum_grad_over_group
+from polycom.ops.tensor_parallel import (
+    is_dtensor,
+    poly_norm_gated_local_shard,
+    poly_norm_local_shard,
+    sum_grad_over_group,
+)
 
 __all__ = ["PolyComActivation", "activation_kind"]
 

@@ -42,7 +42,9 @@ def resolve_ffn(activation: str, mode: str | None, swiglu_width: int) -> FFNChoi
     if mode is None:
         mode = "replace" if gated else "ungated"
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)} (or None for the activation's own form), got {mode!r}")
+        raise ValueError(
+            f"mode must be one of {', '.join(MODES)} (or None for the activation's own form), got {mode!r}"
+        )
     if mode == "ungated" and gated:
         raise ValueError(
             f"activation {arm.label!r} is gated (act(gate, up)); use mode='replace', or its plain form in mode='ungated'"

@@ -1,0 +1,164 @@
+"""torchtitan configs for PolyCom: ``torchrun -m torchtitan.train --module polycom.integrations.torchtitan --config NAME``.
+
+| NAME | model | what for |
+|---|---|---|
+| ``polycom_debug_{swiglu,polynorm,polyrelu}`` | polycom's ``tiny`` preset, vocab 2048 | a dense smoke run (torchtitan's test tokenizer and ``c4_test`` data, from a torchtitan checkout) |
+| ``polycom_debug_moe_{swiglu,polynorm,polyrelu}`` | polycom's ``moe-tiny`` preset, vocab 2048 | the same with 8 experts, top-2 |
+| ``polycom_paper_1b`` / ``_swiglu`` | ``configs/paper-1b.toml`` | the paper's dense 1B run: 24 layers, d 2048, 250B tokens |
+| ``polycom_paper_moe_1b_7b`` / ``_swiglu`` | ``configs/paper-moe-1b-7b.toml`` | the paper's MoE: 64 experts top-8, 200B tokens |
+
+One source of truth: the architecture, optimiser (AdamW lr, betas, eps, weight decay with polycom's
+no-decay rule), warmup + cosine schedule to ``min_lr_ratio``, gradient clipping, steps, sequences per step
+and sequence length come from polycom's own run config through `trainer_config`; nothing here repeats a
+number of those files. The PolyCom arms reach the model through the same override factories a user lists in
+``--override.imports`` (`polycom.integrations.torchtitan.models.activation_overrides`).
+
+Sequences per step: polycom's configs state a micro-batch per rank (``train.batch_size``) and
+``train.grad_accum`` for `PAPER_DP_RANKS` = 8 data-parallel ranks (their launch line); torchtitan takes the
+micro-batch (``training.local_batch_size``) and the global batch (``training.global_batch_size``) and
+derives the accumulation from the ranks it runs on, so the tokens per step stay the paper's on any
+number of GPUs. Data and tokenizer are the user's: ``--dataloader.dataset`` / ``--hf_assets_path``.
+"""
+
+from __future__ import annotations
+
+from torchtitan.components.checkpoint import CheckpointManager
+from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss
+from torchtitan.components.metrics import MetricsProcessor
+from torchtitan.components.optimizer import LRSchedulersContainer
+from torchtitan.config import TrainingConfig
+from torchtitan.config.override import OverrideConfig
+from torchtitan.distributed.activation_checkpoint import SelectiveAC
+from torchtitan.hf_datasets.text_datasets import HuggingFaceTextDataLoader
+from torchtitan.trainer import Trainer
+
+from polycom.integrations.torchtitan.models import activation_overrides, model_spec
+from polycom.integrations.torchtitan.optimizer import adamw_config
+from polycom.models import get_preset
+from polycom.train.config import OptimConfig, TrainConfig, bundled_config, load_config
+
+PAPER_DP_RANKS = 8  # the data-parallel ranks polycom's paper configs are written for (torchrun --nproc_per_node 8)
+DEBUG_VOCAB = 2048  # torchtitan's test tokenizer (tests/assets/tokenizer of a torchtitan checkout)
+DEBUG_SEQ_LEN = 256
+
+__all__ = [
+    "PAPER_DP_RANKS",
+    "config_names",
+    "polycom_debug_moe_polynorm",
+    "polycom_debug_moe_polyrelu",
+    "polycom_debug_moe_swiglu",
+    "polycom_debug_polynorm",
+    "polycom_debug_polyrelu",
+    "polycom_debug_swiglu",
+    "polycom_paper_1b",
+    "polycom_paper_1b_swiglu",
+    "polycom_paper_moe_1b_7b",
+    "polycom_paper_moe_1b_7b_swiglu",
+    "trainer_config",
+]
+
+
+def trainer_config(
+    tc: TrainConfig,
+    flavor: str,
+    *,
+    dp_ranks: int,
+    dataset: str = "c4",
+    hf_assets_path: str = "./assets/hf/tokenizer",
+) -> Trainer.Config:
+    """A torchtitan ``Trainer.Config`` that trains polycom run config `tc` (module docstring).
+
+    dp_ranks: the data-parallel ranks `tc`'s ``batch_size`` x ``grad_accum`` was written for."""
+    mc, optim, loop = tc.model, tc.optim, tc.train
+    spec = model_spec(mc, flavor)
+    seq_len = loop.seq_len or mc.max_seq_len
+    return Trainer.Config(
+        model_spec=spec,
+        loss=ChunkedLossWrapper.Config(loss_fn=CrossEntropyLoss.Config(global_vocab_size=mc.vocab_size)),
+        hf_assets_path=hf_assets_path,
+        optimizer=adamw_config(optim, has_coefficients=mc.activation_name != "swiglu"),
+        lr_scheduler=LRSchedulersContainer.Config(
+            warmup_steps=optim.warmup_steps,
+            total_steps=optim.schedule_steps or None,
+            decay_type="cosine",
+            min_lr_factor=optim.min_lr_ratio,
+        ),
+        training=TrainingConfig(
+            local_batch_size=loop.batch_size,
+            global_batch_size=loop.batch_size * loop.grad_accum * dp_ranks,
+            seq_len=seq_len,
+            steps=loop.steps,
+            max_norm=optim.grad_clip,
+            mixed_precision_param="bfloat16" if loop.precision in ("bf16", "auto") else "float32",
+        ),
+        dataloader=HuggingFaceTextDataLoader.Config(dataset=dataset),
+        metrics=MetricsProcessor.Config(log_freq=loop.log_interval),
+        checkpoint=CheckpointManager.Config(interval=loop.checkpoint_interval or loop.steps),
+        activation_checkpoint=SelectiveAC.Config(),
+        override=OverrideConfig(imports=activation_overrides(mc)),
+    )
+
+
+def _debug(preset: str, activation: str) -> Trainer.Config:
+    tc = TrainConfig(model=get_preset(preset, vocab_size=DEBUG_VOCAB, max_seq_len=DEBUG_SEQ_LEN, activation=activation))
+    tc.optim = OptimConfig(lr=8e-4, warmup_steps=2)
+    tc.train.steps, tc.train.batch_size, tc.train.grad_accum = 10, 8, 1
+    tc.train.checkpoint_interval, tc.train.log_interval = 10, 1
+    return trainer_config(
+        tc, f"debug-{preset}-{activation}", dp_ranks=1, dataset="c4_test", hf_assets_path="./tests/assets/tokenizer"
+    )
+
+
+def _paper(name: str, activation: str | None) -> Trainer.Config:
+    overrides = [] if activation is None else [f"model.activation={activation}"]
+    tc = load_config(bundled_config(name), overrides=overrides)
+    return trainer_config(tc, f"{name}-{tc.model.activation_name}", dp_ranks=PAPER_DP_RANKS)
+
+
+def polycom_debug_swiglu() -> Trainer.Config:
+    return _debug("tiny", "swiglu")
+
+
+def polycom_debug_polynorm() -> Trainer.Config:
+    return _debug("tiny", "polynorm")
+
+
+def polycom_debug_polyrelu() -> Trainer.Config:
+    return _debug("tiny", "polyrelu")
+
+
+def polycom_debug_moe_swiglu() -> Trainer.Config:
+    return _debug("moe-tiny", "swiglu")
+
+
+def polycom_debug_moe_polynorm() -> Trainer.Config:
+    return _debug("moe-tiny", "polynorm")
+
+
+def polycom_debug_moe_polyrelu() -> Trainer.Config:
+    return _debug("moe-tiny", "polyrelu")
+
+
+def polycom_paper_1b() -> Trainer.Config:
+    """The paper's dense 1B with PolyNorm (configs/paper-1b.toml)."""
+    return _paper("paper-1b", None)
+
+
+def polycom_paper_1b_swiglu() -> Trainer.Config:
+    """Its SwiGLU baseline (same config, activation swiglu)."""
+    return _paper("paper-1b", "swiglu")
+
+
+def polycom_paper_moe_1b_7b() -> Trainer.Config:
+    """The paper's MoE 1B-active / 7B with PolyNorm experts (configs/paper-moe-1b-7b.toml)."""
+    return _paper("paper-moe-1b-7b", None)
+
+
+def polycom_paper_moe_1b_7b_swiglu() -> Trainer.Config:
+    """Its SwiGLU baseline."""
+    return _paper("paper-moe-1b-7b", "swiglu")
+
+
+def config_names() -> list[str]:
+    """Every config this registry offers (the ``--config`` values)."""
+    return [name for name in __all__ if name.startswith("polycom_")]
