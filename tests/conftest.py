@@ -12,9 +12,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# The closed-form ops are compiled on CPU tensors by default (polycom.ops.cpu_compile); the suite runs them
-# eagerly (a C++ build per function and process would dominate its time) and tests/core/test_cpu_compile.py
-# runs the compiled path, the real Inductor build included. CLI subprocesses inherit this.
+# The closed-form ops are compiled on CPU tensors inside training loops (polycom.ops.cpu_compile: train,
+# compare, bench model); the suite runs them eagerly (a C++ build per function and process would dominate
+# its time) and tests/core/test_cpu_compile.py runs the compiled path, the real Inductor build included.
+# CLI subprocesses inherit this.
 os.environ["POLYCOM_CPU_COMPILE"] = "0"
 
 import pytest  # noqa: E402

@@ -66,18 +66,15 @@ def test_cpu_run_appends_rows_with_metadata(tmp_path, capsys):
 def test_cpu_runs_compile_the_closed_form_by_default_and_record_it(tmp_path, monkeypatch):
     from polycom.ops import cpu_compile
 
-    compiled_names: list[str] = []
-
-    def aot_eager(fn):  # Dynamo traces the function whole; no C++ build
-        compiled_names.append(fn.__name__)
-        return torch.compile(fn, dynamic=True, fullgraph=True, backend="aot_eager")
-
     monkeypatch.setattr(cpu_compile, "_disabled_reason", None)
     monkeypatch.setattr(cpu_compile, "_compiler_found", lambda: True)
-    monkeypatch.setattr(cpu_compile, "_compiled_version", aot_eager)
+    monkeypatch.setattr(cpu_compile, "BACKEND", "aot_eager")  # Dynamo traces the function whole; no C++ build
+    monkeypatch.setattr(cpu_compile, "_variants", [])
+    cpu_compile._compiled_version.cache_clear()
     out = tmp_path / "r.jsonl"
     assert main([*TINY[:-1], *FAST, "--activations", "polyrelu", "--mlp-paths", "fused", "--out", str(out)]) == 0
-    assert {"poly_relu_forward", "poly_relu_backward", "swiglu_forward"} <= set(compiled_names)
+    cpu_compile._compiled_version.cache_clear()
+    assert {"poly_relu_forward", "poly_relu_backward", "swiglu_forward"} <= {name for name, _ in cpu_compile._variants}
     assert all(json.loads(line)["cpu_compile"] is True for line in out.read_text().splitlines())
     monkeypatch.setattr(cpu_compile, "_compiler_found", lambda: False)  # no compiler: eager, and recorded so
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):

@@ -37,6 +37,7 @@ from polycom.data.shards import TokenShards
 from polycom.distributed import DistContext, init_distributed, parallelize, shutdown
 from polycom.errors import UserError, writing_to
 from polycom.models import build_model
+from polycom.ops import cpu_compile
 from polycom.train.checkpoint import (
     check_global_batch,
     checkpoint_dir,
@@ -127,8 +128,11 @@ def train(
     try:
         if ctx.world_size == 1 and cfg.train.device != "auto":
             ctx.device = pick_device(cfg.train.device)
-        trainer = Trainer(cfg, run_dir, ctx, state=state, on_event=on_event, show_progress=show_progress, shards=shards)
-        return trainer.fit()
+        with cpu_compile.training_loop():  # a long loop of the same shapes: the compiled CPU ops pay back here
+            trainer = Trainer(
+                cfg, run_dir, ctx, state=state, on_event=on_event, show_progress=show_progress, shards=shards
+            )
+            return trainer.fit()
     finally:
         torch.set_num_threads(threads_before)
         shutdown(ctx)
