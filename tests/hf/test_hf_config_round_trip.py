@@ -214,3 +214,23 @@ def test_saved_model_with_activation_options_gives_the_harness_logits(activation
         plain = build_model(dataclasses.replace(cfg, activation_options={})).eval()
         plain.load_state_dict(harness.state_dict())
         assert (plain(ids).logits - expected).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_init_weights_resets_a_general_polycoms_prelu_slope(moe):
+    """`_init_weights` (transformers' init of a new or partly loaded model) gives the general PolyCom with base
+    prelu the harness init: coefficients 1/r, 0 and the PReLU slope 0.25."""
+    base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, activation="polycom")
+    if moe:
+        base.update(num_experts=4, num_experts_per_tok=2)
+    model = PolyComForCausalLM(PolyComConfig(activation_options={"base": "prelu"}, **base))
+    acts = [m for m in model.modules() if type(m).__name__ == "PolyCom"]
+    assert acts and all(a.base == "prelu" for a in acts)
+    with torch.no_grad():
+        for act in acts:
+            act.prelu_weight.fill_(-3.0)
+            act.weight.fill_(7.0)
+    model.apply(model._init_weights)
+    for act in acts:
+        assert act.prelu_weight.tolist() == [0.25]
+        torch.testing.assert_close(act.weight, torch.full_like(act.weight, 1 / 3))

@@ -37,6 +37,7 @@ from polycom.hf.configuration import PolyComConfig
 from polycom.models.attention import Attention
 from polycom.models.layers import RMSNorm, rope_tables
 from polycom.models.moe import Experts, MoEMLP
+from polycom.modules.general_polycom import PRELU_SLOPE_INIT
 from polycom.modules.mlp import MLP
 from polycom.modules.polycom import PolyCoefficients
 
@@ -130,7 +131,8 @@ class PolyComPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Harness init: N(0, std^2); o_proj/down_proj N(0, (std / sqrt(2 L))^2); norms 1; PolyCom 1/r, 0.
+        """Harness init: N(0, std^2); o_proj/down_proj N(0, (std / sqrt(2 L))^2); norms 1; PolyCom 1/r, 0 (and
+        a general PolyCom's PReLU slope 0.25).
 
         With initializer_truncation k > 0 every normal draw is truncated to [-k s, k s] for its std s.
         """
@@ -147,6 +149,8 @@ class PolyComPreTrainedModel(PreTrainedModel):
         elif isinstance(module, PolyCoefficients):
             init.constant_(module.weight, 1.0 / module.order)
             init.zeros_(module.bias)
+            if getattr(module, "prelu_weight", None) is not None:  # general PolyCom with base prelu: its slope
+                init.constant_(module.prelu_weight, PRELU_SLOPE_INIT)
         elif isinstance(module, Experts):
             for w in (module.gate_proj, module.up_proj):
                 if w is not None:

@@ -32,9 +32,10 @@ from polycom.ops.dtypes import compute_dtype
 from polycom.ops.validation import check_activation_input, check_eps
 
 BASES = ("relu", "prelu", "silu", "sigmoid", "rms_norm", "identity")
+PRELU_SLOPE_INIT = 0.25  # the base prelu's learnable slope at init, as torch.nn.PReLU
 COMPOSITIONS = (1, 2)
 
-__all__ = ["BASES", "COMPOSITIONS", "PolyCom", "PolyPReLU", "PolyReLUNorm"]
+__all__ = ["BASES", "COMPOSITIONS", "PRELU_SLOPE_INIT", "PolyCom", "PolyPReLU", "PolyReLUNorm"]
 
 
 def _rms_normalize(u: torch.Tensor, eps: float) -> torch.Tensor:
@@ -66,14 +67,14 @@ class PolyCom(PolyCoefficients):
         self.eps = float(eps)
         super().__init__(order, device)
         if base == "prelu":  # PReLU's slope belongs to the activation: same init, no weight decay
-            self.prelu_weight = nn.Parameter(torch.full((1,), 0.25, dtype=torch.float32, device=device))
+            self.prelu_weight = nn.Parameter(torch.full((1,), PRELU_SLOPE_INIT, dtype=torch.float32, device=device))
 
     def reset_parameters(self) -> None:
         """weight = 1/order, bias = 0 (official PolyCom init); the PReLU slope (if any) 0.25."""
         super().reset_parameters()
         if getattr(self, "prelu_weight", None) is not None:
             with torch.no_grad():
-                self.prelu_weight.fill_(0.25)
+                self.prelu_weight.fill_(PRELU_SLOPE_INIT)
 
     def _rho(self, u: torch.Tensor) -> torch.Tensor:
         if self.base == "relu":
