@@ -22,6 +22,8 @@ number of GPUs. Data and tokenizer are the user's: ``--dataloader.dataset`` / ``
 
 from __future__ import annotations
 
+from functools import partial
+
 from torchtitan.components.checkpoint import CheckpointManager
 from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss
 from torchtitan.components.metrics import MetricsProcessor
@@ -40,6 +42,7 @@ from polycom.train.config import OptimConfig, TrainConfig, bundled_config, load_
 PAPER_DP_RANKS = 8  # the data-parallel ranks polycom's paper configs are written for (torchrun --nproc_per_node 8)
 DEBUG_VOCAB = 2048  # torchtitan's test tokenizer (tests/assets/tokenizer of a torchtitan checkout)
 DEBUG_SEQ_LEN = 256
+DEBUG_ARMS = ("swiglu", "polynorm", "polyrelu")
 
 __all__ = [
     "PAPER_DP_RANKS",
@@ -54,6 +57,7 @@ __all__ = [
     "polycom_paper_1b_swiglu",
     "polycom_paper_moe_1b_7b",
     "polycom_paper_moe_1b_7b_swiglu",
+    "train_config",
     "trainer_config",
 ]
 
@@ -99,66 +103,93 @@ def trainer_config(
     )
 
 
-def _debug(preset: str, activation: str) -> Trainer.Config:
+def _debug_train_config(preset: str, activation: str) -> TrainConfig:
     tc = TrainConfig(model=get_preset(preset, vocab_size=DEBUG_VOCAB, max_seq_len=DEBUG_SEQ_LEN, activation=activation))
     tc.optim = OptimConfig(lr=8e-4, warmup_steps=2)
     tc.train.steps, tc.train.batch_size, tc.train.grad_accum = 10, 8, 1
     tc.train.checkpoint_interval, tc.train.log_interval = 10, 1
-    return trainer_config(
-        tc, f"debug-{preset}-{activation}", dp_ranks=1, dataset="c4_test", hf_assets_path="./tests/assets/tokenizer"
-    )
+    return tc
 
 
-def _paper(name: str, activation: str | None) -> Trainer.Config:
-    overrides = [] if activation is None else [f"model.activation={activation}"]
-    tc = load_config(bundled_config(name), overrides=overrides)
-    return trainer_config(tc, f"{name}-{tc.model.activation_name}", dp_ranks=PAPER_DP_RANKS)
+def _paper_train_config(name: str, activation: str | None) -> TrainConfig:
+    return load_config(bundled_config(name), overrides=[] if activation is None else [f"model.activation={activation}"])
+
+
+# NAME -> (the polycom run config it trains, data-parallel ranks that config was written for, debug data?)
+_SOURCES = {
+    **{f"polycom_debug_{act}": (partial(_debug_train_config, "tiny", act), 1, True) for act in DEBUG_ARMS},
+    **{f"polycom_debug_moe_{act}": (partial(_debug_train_config, "moe-tiny", act), 1, True) for act in DEBUG_ARMS},
+    "polycom_paper_1b": (partial(_paper_train_config, "paper-1b", None), PAPER_DP_RANKS, False),
+    "polycom_paper_1b_swiglu": (partial(_paper_train_config, "paper-1b", "swiglu"), PAPER_DP_RANKS, False),
+    "polycom_paper_moe_1b_7b": (partial(_paper_train_config, "paper-moe-1b-7b", None), PAPER_DP_RANKS, False),
+    "polycom_paper_moe_1b_7b_swiglu": (
+        partial(_paper_train_config, "paper-moe-1b-7b", "swiglu"),
+        PAPER_DP_RANKS,
+        False,
+    ),
+}
+
+
+def train_config(name: str) -> TrainConfig:
+    """The polycom run config behind registry config `name` (what `polycom.integrations.torchtitan.export` rebuilds)."""
+    return _SOURCES[name][0]()
+
+
+def _trainer(name: str) -> Trainer.Config:
+    build, dp_ranks, debug = _SOURCES[name]
+    tc = build()
+    flavor = name.removeprefix("polycom_")
+    if debug:  # torchtitan's own test assets (tests/assets in a torchtitan checkout)
+        return trainer_config(
+            tc, flavor, dp_ranks=dp_ranks, dataset="c4_test", hf_assets_path="./tests/assets/tokenizer"
+        )
+    return trainer_config(tc, flavor, dp_ranks=dp_ranks)
 
 
 def polycom_debug_swiglu() -> Trainer.Config:
-    return _debug("tiny", "swiglu")
+    return _trainer("polycom_debug_swiglu")
 
 
 def polycom_debug_polynorm() -> Trainer.Config:
-    return _debug("tiny", "polynorm")
+    return _trainer("polycom_debug_polynorm")
 
 
 def polycom_debug_polyrelu() -> Trainer.Config:
-    return _debug("tiny", "polyrelu")
+    return _trainer("polycom_debug_polyrelu")
 
 
 def polycom_debug_moe_swiglu() -> Trainer.Config:
-    return _debug("moe-tiny", "swiglu")
+    return _trainer("polycom_debug_moe_swiglu")
 
 
 def polycom_debug_moe_polynorm() -> Trainer.Config:
-    return _debug("moe-tiny", "polynorm")
+    return _trainer("polycom_debug_moe_polynorm")
 
 
 def polycom_debug_moe_polyrelu() -> Trainer.Config:
-    return _debug("moe-tiny", "polyrelu")
+    return _trainer("polycom_debug_moe_polyrelu")
 
 
 def polycom_paper_1b() -> Trainer.Config:
     """The paper's dense 1B with PolyNorm (configs/paper-1b.toml)."""
-    return _paper("paper-1b", None)
+    return _trainer("polycom_paper_1b")
 
 
 def polycom_paper_1b_swiglu() -> Trainer.Config:
     """Its SwiGLU baseline (same config, activation swiglu)."""
-    return _paper("paper-1b", "swiglu")
+    return _trainer("polycom_paper_1b_swiglu")
 
 
 def polycom_paper_moe_1b_7b() -> Trainer.Config:
     """The paper's MoE 1B-active / 7B with PolyNorm experts (configs/paper-moe-1b-7b.toml)."""
-    return _paper("paper-moe-1b-7b", None)
+    return _trainer("polycom_paper_moe_1b_7b")
 
 
 def polycom_paper_moe_1b_7b_swiglu() -> Trainer.Config:
     """Its SwiGLU baseline."""
-    return _paper("paper-moe-1b-7b", "swiglu")
+    return _trainer("polycom_paper_moe_1b_7b_swiglu")
 
 
 def config_names() -> list[str]:
     """Every config this registry offers (the ``--config`` values)."""
-    return [name for name in __all__ if name.startswith("polycom_")]
+    return list(_SOURCES)
