@@ -130,6 +130,7 @@ def test_finished_comparison_refused(prepared, tmp_path, capsys):
 
 
 def test_generate_without_checkpoint(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()  # a run folder with nothing saved yet (an empty folder is no run folder)
     fails(capsys, ["generate", "--run", str(tmp_path), "--prompt", "a"], "holds no checkpoint")
 
 
