@@ -113,6 +113,12 @@ def test_registry_lists_every_config():
         assert callable(getattr(registry, name))
 
 
+@pytest.mark.parametrize("name", config_names())
+def test_registry_train_config_is_the_polycom_source(name):
+    """`train_config(name)` (what export rebuilds) is the run config this file derives independently."""
+    assert registry.train_config(name).model == polycom_model_config(name)
+
+
 # --- 1. every config on the meta device --------------------------------------------------------------------
 
 
