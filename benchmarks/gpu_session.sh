@@ -11,11 +11,16 @@
 #   4. bench-model    `polycom bench model --quick --mlp-paths both` at the anchor preset: LM step time,
 #                     peak memory, saved bytes per activation, fused and unfused (rows: $OUT/bench_model.jsonl)
 #   5. anchor         the baseline script at $ANCHOR (the official-code anchor), when that file exists
+#   6. torchtitan     20 steps of torchtitan's trainer on the polycom debug config, SwiGLU and PolyNorm side by
+#                     side (bf16, compile on): tokens/s and peak memory (rows: $OUT/torchtitan_steps.jsonl).
+#                     The machine has no package index: run `bash benchmarks/gpu_wheels.sh` here first and
+#                     carry .whl/ with the tree; the wheels are installed into /tmp/site.
 #
 # Usage (repository root):
 #
 #   COMMIT=<git sha of the tree> OUT=<folder> bash benchmarks/gpu_session.sh
 #   DRY_RUN=1 bash benchmarks/gpu_session.sh      # print the commands only
+#   ONLY="bench-model torchtitan" bash benchmarks/gpu_session.sh   # some steps (a device call lasts <= 10 min)
 #
 # Afterwards append the rows to benchmarks/results/ (never rewrite earlier rows) and update the tables in
 # benchmarks/README.md.
@@ -31,6 +36,9 @@ mkdir -p "$OUT"
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2
     shift 2
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
+        return 0
+    fi
     if [ -n "${DRY_RUN:-}" ]; then
         echo "$*"
         return 0
@@ -55,3 +63,9 @@ step bench-model 200 "$PY" -m polycom bench model --quick --mlp-paths both \
 if [ -f "$ANCHOR" ] || [ -n "${DRY_RUN:-}" ]; then
     step anchor 120 "$PY" "$ANCHOR"
 fi
+if [ -d .whl ] && [ -z "${DRY_RUN:-}" ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+step torchtitan 300 "$PY" -m polycom.integrations.torchtitan.bench --steps 20 \
+    --configs polycom_debug_swiglu polycom_debug_polynorm --out "$OUT/torchtitan_steps.jsonl" --commit "$COMMIT"

@@ -1,0 +1,135 @@
+"""Tokens/s and peak memory of torchtitan training runs, SwiGLU vs PolyCom side by side (a GPU benchmark).
+
+    python -m polycom.integrations.torchtitan.bench --out benchmarks/results/torchtitan_steps.jsonl \\
+        [--configs polycom_debug_swiglu polycom_debug_polynorm] [--steps 20] [--rounds 1] [--commit SHA]
+
+Each run is torchtitan's own trainer (``torchrun --nproc_per_node 1 -m torchtitan.train --module
+polycom.integrations.torchtitan --config NAME``) with bf16 parameters and ``--compile.enable``, in a
+scratch folder that holds the assets the debug configs read from a torchtitan checkout
+(``tests/assets/c4_test``: polycom's embedded Shakespeare as JSON lines; ``tests/assets/tokenizer``: a
+2048-token byte-level BPE trained on it), so it needs neither network nor a torchtitan checkout. The
+configs alternate within each round. From torchtitan's per-step log lines it keeps the median tokens/s
+per device and the peak reserved memory, after `WARMUP_STEPS` steps (compilation), and appends one row
+per config and round with the card, versions, commit and date (`polycom.bench.rows`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+WARMUP_STEPS = 5
+STEP_LINE = re.compile(r"step:\s*(\d+).*?memory:\s*([\d.]+)GiB.*?tps:\s*([\d,]+)")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+CSV_FIELDS = ("date", "card", "git_commit", "config", "round", "steps", "tokens_per_s", "peak_reserved_gib", "torch")
+
+
+def write_debug_assets(root: Path, vocab_size: int = 2048, documents: int = 2000) -> None:
+    """``root/tests/assets/c4_test/data.json`` and ``root/tests/assets/tokenizer/tokenizer.json`` (+ config)."""
+    from polycom.data.sources import embedded_corpus_text
+    from polycom.data.tokenizers import train_bpe
+
+    paragraphs = [p.strip() for p in embedded_corpus_text().split("\n\n") if p.strip()][:documents]
+    data = root / "tests" / "assets" / "c4_test"
+    data.mkdir(parents=True, exist_ok=True)
+    with (data / "data.json").open("w", encoding="utf-8") as f:
+        for p in paragraphs:
+            f.write(json.dumps({"text": p}) + "\n")
+    tok_dir = root / "tests" / "assets" / "tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    tok = train_bpe(paragraphs, vocab_size=vocab_size)
+    tok._tok.save(str(tok_dir / "tokenizer.json"))
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+
+
+def parse_steps(log: str) -> list[tuple[int, float, float]]:
+    """(step, peak reserved GiB, tokens/s) of each torchtitan step line in `log`."""
+    rows = []
+    for line in ANSI.sub("", log).splitlines():
+        match = STEP_LINE.search(line)
+        if match:
+            rows.append((int(match[1]), float(match[2]), float(match[3].replace(",", ""))))
+    return rows
+
+
+def summarise(steps: list[tuple[int, float, float]]) -> dict[str, float]:
+    """Median tokens/s after the warm-up steps and the largest peak reserved memory."""
+    timed = [s for s in steps if s[0] > WARMUP_STEPS]
+    if not timed:
+        raise RuntimeError(f"no step after the {WARMUP_STEPS} warm-up steps in the log")
+    return {"tokens_per_s": statistics.median(s[2] for s in timed), "peak_reserved_gib": max(s[1] for s in steps)}
+
+
+def run_config(name: str, workdir: Path, steps: int, timeout_s: float) -> str:
+    """One torchtitan training run of registry config `name` in `workdir`; its log (stdout + stderr)."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+        "-m", "torchtitan.train", "--module", "polycom.integrations.torchtitan", "--config", name,
+        "--training.steps", str(steps), "--training.mixed_precision_param", "bfloat16",
+        "--compile.enable", "--metrics.log_freq", "1", "--checkpoint.interval", str(10 * steps),
+    ]  # fmt: skip
+    # The run's working folder is `workdir`: relative PYTHONPATH entries (gpu_session.sh's src/) must stay valid.
+    paths = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(paths)}
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: torchtitan exited {proc.returncode}:\n{log[-4000:]}")
+    return log
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m polycom.integrations.torchtitan.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--configs", nargs="+", default=["polycom_debug_swiglu", "polycom_debug_polynorm"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds per run")
+    parser.add_argument("--out", required=True, help="rows file (.jsonl; a .csv is written beside it)")
+    parser.add_argument("--commit", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.steps <= WARMUP_STEPS:
+        parser.error(f"--steps must be more than the {WARMUP_STEPS} warm-up steps")
+
+    import torch
+
+    from polycom.bench.rows import append_rows, provenance_fields
+
+    if not torch.cuda.is_available():
+        print("error: this benchmark trains with torchtitan, whose attention has no CPU backward: it needs a GPU")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="polycom-titan-") as tmp:
+        workdir = Path(tmp)
+        write_debug_assets(workdir)
+        for round_ in range(args.rounds):
+            rows = []
+            for name in args.configs:
+                log = run_config(name, workdir, args.steps, args.timeout)
+                (Path(args.out).parent / f"torchtitan-{name}-r{round_}.log").write_text(log)
+                result = summarise(parse_steps(log))
+                rows.append(provenance_fields("cuda", args.commit, "torchtitan") | {
+                    "bench": "torchtitan-steps", "config": name, "round": round_, "steps": args.steps,
+                    "warmup_steps": WARMUP_STEPS, "compile": True, "param_dtype": "bfloat16", **result,
+                })  # fmt: skip
+                print(f"{name:32s} {result['tokens_per_s']:12,.0f} tokens/s  {result['peak_reserved_gib']:6.2f} GiB")
+            append_rows(args.out, rows, CSV_FIELDS)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

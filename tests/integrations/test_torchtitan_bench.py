@@ -1,0 +1,70 @@
+"""The torchtitan GPU benchmark's CPU-checkable parts: its assets load with torchtitan's own loaders, its log
+parser reads torchtitan's step lines, the session script's command parses, and without a GPU it says so."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from polycom.integrations.torchtitan import bench
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_debug_assets_load_with_torchtitans_tokenizer_and_dataset(tmp_path, monkeypatch):
+    from datasets import load_dataset
+    from torchtitan.components.tokenizer import HuggingFaceTokenizer
+
+    bench.write_debug_assets(tmp_path, documents=200)
+    monkeypatch.chdir(tmp_path)  # the debug configs name these folders relative to the working folder
+    tok = HuggingFaceTokenizer(tokenizer_path="tests/assets/tokenizer")
+    assert tok.get_vocab_size() <= 2048  # fits the debug configs' vocab_size (2048 with all documents)
+    ids = tok.encode("To be, or not to be")
+    assert ids and max(ids) < 2048 and tok.decode(ids).strip().endswith("not to be")
+    data = load_dataset("tests/assets/c4_test", split="train")
+    assert len(data) == 200 and all(row["text"] for row in data)
+
+
+def test_step_lines_are_parsed_and_summarised_after_warmup():
+    red, green, reset = "\x1b[31m", "\x1b[32m", "\x1b[39m"
+    lines = [
+        f"[rank0]: {red}step:  {s}  {green}loss:  7.1  grad_norm:  1.0  memory: {m:5.2f}GiB(1.0%)  tps: {t:,}  "
+        f"tflops: 1.0  mfu: 1%{reset}"
+        for s, m, t in [(1, 9.5, 100), (5, 2.0, 1_000), (6, 2.5, 10_000), (7, 2.25, 30_000), (8, 2.0, 20_000)]
+    ]
+    steps = bench.parse_steps("\n".join(["INFO other line", *lines]))
+    assert [s[0] for s in steps] == [1, 5, 6, 7, 8]
+    summary = bench.summarise(steps)
+    assert summary == {"tokens_per_s": 20_000, "peak_reserved_gib": 9.5}  # median of steps 6-8; max memory
+    with pytest.raises(RuntimeError, match="no step after"):
+        bench.summarise(steps[:2])
+
+
+def test_gpu_session_runs_the_torchtitan_step_with_a_valid_command(tmp_path):
+    env = dict(os.environ, DRY_RUN="1", ONLY="torchtitan", OUT=str(tmp_path), COMMIT="abc1234", PYTHON="python3")
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_session.sh")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    (command,) = [shlex.split(line) for line in done.stdout.splitlines() if line.strip()]
+    assert command[1:3] == ["-m", "polycom.integrations.torchtitan.bench"]
+    args = bench.build_parser().parse_args(command[3:])
+    assert args.configs == ["polycom_debug_swiglu", "polycom_debug_polynorm"] and args.steps == 20
+    assert args.commit == "abc1234" and args.out.startswith(str(tmp_path))
+
+
+def test_without_a_gpu_the_benchmark_says_what_it_needs(tmp_path, capsys):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is present: the benchmark would run")  # the GPU session runs it for real
+    assert bench.main(["--out", str(tmp_path / "rows.jsonl")]) == 2
+    assert "needs a GPU" in capsys.readouterr().out
+    assert not (tmp_path / "rows.jsonl").exists()
