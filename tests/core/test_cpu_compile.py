@@ -294,6 +294,29 @@ def _inductor_build_counts(monkeypatch, tag: str) -> dict:
     }
 
 
+def test_polycoms_compile_settings_apply_to_its_own_builds_only(monkeypatch):
+    """While polycom's variants compile: the cache key tag and no duck sizing; the user's settings before and
+    after, and for the user's own compiles."""
+    import torch.fx.experimental._config as fx_config
+
+    seen = []
+
+    def recording_backend(gm, example_inputs):
+        seen.append((torch.compiler.config.cache_key_tag, fx_config.use_duck_shape))
+        return gm.forward
+
+    monkeypatch.setenv(cpu_compile.ENV_VAR, "1")
+    _reset_compiled(monkeypatch, recording_backend)
+    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "users-tag")
+    polycom.poly_norm(torch.randn(6, 8), torch.ones(3), torch.zeros(1))
+    assert seen == [(f"users-tag|{cpu_compile.cache_tag()}", False)]
+    assert torch.compiler.config.cache_key_tag == "users-tag" and fx_config.use_duck_shape
+    torch.compile(lambda t: t * 2, backend=recording_backend)(torch.randn(3))
+    assert seen[-1] == ("users-tag", True)
+    cpu_compile._compiled_version.cache_clear()
+    torch._dynamo.reset()
+
+
 def test_a_cache_from_other_polycom_sources_is_not_reused(monkeypatch, tmp_path):
     """Inductor's on-disk cache filled by one polycom (tag "old") serves the same polycom again, but never one
     with other sources (tag "new"): an upgrade builds afresh instead of reusing code for other formulas."""

@@ -164,13 +164,35 @@ def _compiled_version(fn: Callable, key: tuple) -> Callable:
     return torch.compile(variant, dynamic=True, fullgraph=True, backend=BACKEND)
 
 
-@contextlib.contextmanager
-def _compile_settings() -> Iterator[None]:
-    """The settings a compiled variant is built and called under: the Inductor cache key tag, and no duck
-    sizing (Dynamo would otherwise give equal sizes one symbol: a first call with as many rows as PolyNorm
-    has statistics, r + 1, specialised the row count of its backward, and the next row count recompiled)."""
-    with torch.compiler.config.patch(cache_key_tag=cache_tag()), fx_config.patch(use_duck_shape=False):
-        yield
+_in_call = False  # True while a compiled variant runs: a compile starting now is polycom's
+_saved_settings: list[tuple[str, bool]] = []
+
+
+def _on_compile_start(_args) -> None:
+    """Dynamo compile start (`torch._dynamo.callback_handler`): for polycom's own compiles, the Inductor cache
+    key tag (`cache_tag()`, after the user's own tag) and no duck sizing (Dynamo would otherwise give equal
+    sizes one symbol: a first call with as many rows as PolyNorm has statistics, r + 1, specialised the row
+    count of its backward, and the next row count built again). Set here, not around every call: patching
+    torch's config costs tens of microseconds a call, the callback runs only when something compiles."""
+    if not _in_call:
+        return
+    user_tag = torch.compiler.config.cache_key_tag
+    _saved_settings.append((user_tag, fx_config.use_duck_shape))
+    torch.compiler.config.cache_key_tag = f"{user_tag}|{cache_tag()}" if user_tag else cache_tag()
+    fx_config.use_duck_shape = False
+
+
+def _on_compile_end(_args) -> None:
+    if _saved_settings:
+        torch.compiler.config.cache_key_tag, fx_config.use_duck_shape = _saved_settings.pop()
+
+
+def _install_callbacks() -> None:
+    """(Re-)register the compile callbacks; `torch._dynamo.reset()` clears them."""
+    handler = torch._dynamo.callback_handler
+    if _on_compile_start not in handler.start_callbacks:
+        handler.register_start_callback(_on_compile_start)
+        handler.register_end_callback(_on_compile_end)
 
 
 def _recompile_limit_hit(exc: BaseException) -> bool:
@@ -194,9 +216,11 @@ def compiled(fn: Callable) -> Callable:
         key = variant_key(fn, args, kwargs)
         if (fn, key) in _eager_variants:
             return fn(*args, **kwargs)
+        global _in_call
+        _install_callbacks()
+        _in_call = True
         try:
-            with _compile_settings():
-                return _compiled_version(fn, key)(*args, **kwargs)
+            return _compiled_version(fn, key)(*args, **kwargs)
         except Exception as exc:  # any compile failure: eager gives the same numbers
             if _recompile_limit_hit(exc):
                 _eager_variants.add((fn, key))
@@ -204,5 +228,7 @@ def compiled(fn: Callable) -> Callable:
                 message = str(exc).splitlines()[0] if str(exc) else ""
                 _fall_back(f"torch.compile failed ({type(exc).__name__}: {message})")
             return fn(*args, **kwargs)
+        finally:
+            _in_call = False
 
     return run
