@@ -13,7 +13,7 @@ import torch.distributed.checkpoint as dcp
 from torchtitan.components.checkpoint import ModelWrapper
 
 from polycom.errors import UserError
-from polycom.integrations.torchtitan import config_registry
+from polycom.integrations.torchtitan import recipes
 from polycom.integrations.torchtitan.export import (
     build_torchtitan_model,
     export_checkpoint,
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def _trained_like(name: str, overrides: tuple[str, ...] = (), seed: int = 0) -> torch.nn.Module:
-    tc = config_registry.train_config(name)
+    tc = recipes.train_config(name)
     for item in overrides:
         apply_override(tc, item)
     model = build_torchtitan_model(name, tc.model)
@@ -81,7 +81,7 @@ def test_export_round_trip_gives_the_torchtitan_logits(tmp_path, name, overrides
     ids, expected = _logits(model)
     got = hf(ids).logits.float()
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
-    assert hf.config.activation == config_registry.train_config(name).model.activation_name
+    assert hf.config.activation == recipes.train_config(name).model.activation_name
     assert hf_tok is not None and hf_tok.decode(hf_tok.encode("to be", add_special_tokens=False)) == "to be"
 
 
@@ -100,7 +100,7 @@ def test_cli_exports_and_refuses_a_checkpoint_of_another_config(tmp_path, capsys
 
 def test_model_changes_on_the_command_line_are_applied(tmp_path):
     name = "polycom_debug_polynorm"
-    tc = config_registry.train_config(name)
+    tc = recipes.train_config(name)
     tc.model.activation_order = 2
     model = build_torchtitan_model(name, tc.model)
     ckpt = tmp_path / "checkpoint" / "step-1"
@@ -124,7 +124,7 @@ def test_bad_input_is_named(tmp_path):
 
 
 def test_what_cannot_be_exported_exactly_is_refused():
-    mc = config_registry.train_config("polycom_debug_moe_polynorm").model
+    mc = recipes.train_config("polycom_debug_moe_polynorm").model
     base = {"tok_embeddings.weight": torch.zeros(1)}
     with pytest.raises(UserError, match="expert bias is non-zero"):
         state_dict_to_polycom(base | {"layers.0.moe.expert_bias_E": torch.ones(8)}, mc)

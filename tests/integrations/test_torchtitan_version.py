@@ -13,8 +13,8 @@ import torchtitan.models.common.moe
 from torchtitan.config.manager import ConfigManager
 
 from polycom.integrations.torchtitan import version
-from polycom.integrations.torchtitan.config_registry import config_names
 from polycom.integrations.torchtitan.models import FFN_OVERRIDE
+from polycom.integrations.torchtitan.recipes import config_names
 from polycom.integrations.torchtitan.version import (
     REQUIRED_TARGETS,
     SUPPORTED_TORCHTITAN,
@@ -124,3 +124,15 @@ def test_only_integrations_import_torchtitan():
     ]
     assert offenders == []
     assert importing.search((SRC / "integrations" / "torchtitan" / "models.py").read_text())  # the regex works
+
+
+def test_config_registry_offers_exactly_the_registry_configs():
+    """torchtitan offers every public lower-case callable of the module as a --config: only configs may be there."""
+    from polycom.integrations.torchtitan import config_registry
+
+    offered = {
+        n
+        for n in dir(config_registry)
+        if not n.startswith("_") and n[0].islower() and callable(getattr(config_registry, n))
+    }
+    assert offered == set(config_names())

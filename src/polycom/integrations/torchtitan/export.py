@@ -5,7 +5,7 @@
 
 CHECKPOINT is one ``step-N`` folder of torchtitan's DCP checkpoints (model-only or full; only the model
 entries are read). ``--config`` names the registry config that trained it
-(`polycom.integrations.torchtitan.config_registry`); ``--model.key=value`` states any change made to the
+(`polycom.integrations.torchtitan.config_registry`; `recipes.train_config` gives its polycom run config); ``--model.key=value`` states any change made to the
 model on the training command line, in polycom's config grammar. The steps:
 
 1. build that torchtitan model on the CPU and load the checkpoint into it (DCP, one process); a missing
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from polycom.errors import UserError, did_you_mean
-from polycom.integrations.torchtitan import config_registry
+from polycom.integrations.torchtitan import config_registry, recipes
 from polycom.models import ModelConfig, PolyComLM, build_model
 from polycom.train.config import apply_override
 from polycom.utils.paths import existing_folder
@@ -200,7 +200,7 @@ def export_checkpoint(
     from polycom.hf.export import export_model
 
     _check_config_name(config)
-    tc = config_registry.train_config(config)
+    tc = recipes.train_config(config)
     for item in model_overrides or []:
         apply_override(tc, item if item.lstrip("-").startswith("model.") else f"model.{item.lstrip('-')}")
     tc.validate()
@@ -222,7 +222,7 @@ def export_checkpoint(
 
 
 def _check_config_name(name: str) -> None:
-    names = config_registry.config_names()
+    names = recipes.config_names()
     if name not in names:
         raise UserError(f"unknown torchtitan config {name!r}{did_you_mean(name, names)}; available: {', '.join(names)}")
 
