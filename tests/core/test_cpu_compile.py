@@ -307,12 +307,13 @@ def test_polycoms_compile_settings_apply_to_its_own_builds_only(monkeypatch):
 
     monkeypatch.setenv(cpu_compile.ENV_VAR, "1")
     _reset_compiled(monkeypatch, recording_backend)
-    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "users-tag")
-    polycom.poly_norm(torch.randn(6, 8), torch.ones(3), torch.zeros(1))
-    assert seen == [(f"users-tag|{cpu_compile.cache_tag()}", False)]
-    assert torch.compiler.config.cache_key_tag == "users-tag" and fx_config.use_duck_shape
-    torch.compile(lambda t: t * 2, backend=recording_backend)(torch.randn(3))
-    assert seen[-1] == ("users-tag", True)
+    with torch.compiler.config.patch(cache_key_tag="users-tag"):  # (monkeypatch would delete it on undo)
+        polycom.poly_norm(torch.randn(6, 8), torch.ones(3), torch.zeros(1))
+        assert seen == [(f"users-tag|{cpu_compile.cache_tag()}", False)]
+        assert torch.compiler.config.cache_key_tag == "users-tag" and fx_config.use_duck_shape
+        torch.compile(lambda t: t * 2, backend=recording_backend)(torch.randn(3))
+        assert seen[-1] == ("users-tag", True)
+    assert torch.compiler.config.cache_key_tag == ""
     cpu_compile._compiled_version.cache_clear()
     torch._dynamo.reset()
 
