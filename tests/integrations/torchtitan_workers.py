@@ -180,3 +180,75 @@ def experts_ep_worker(rank: int, world: int, activation: str, shared: bool) -> d
         "grads": {n: (grads[n], p.grad) for n, p in whole.named_parameters()},
         "local_experts": _local_shape(sharded.w1_EFD)[0],
     }
+
+
+def moe_ep_worker(rank: int, world: int, activation: str, shared: bool) -> dict:
+    """torchtitan's whole MoE layer (router, all-to-all token dispatch, PolyCom experts, combine) of the debug MoE
+    config with EP=world vs the same layer unsharded on every rank's tokens; each rank routes its own batch row."""
+    from torchtitan.config.override import apply_overrides
+
+    from polycom.integrations.torchtitan.recipes import registry_trainer_config
+
+    pd = _setup(world, dp_shard=world, ep=world)
+    trainer = registry_trainer_config(f"polycom_debug_moe_{activation}")
+    trainer.parallelism.expert_parallel_degree = world
+    trainer.parallelism.data_parallel_shard_degree = world
+    trainer.override.imports = [(name, kw | {"shared_coefficients": shared}) for name, kw in trainer.override.imports]
+    trainer.model_spec.model.update_from_config(config=trainer)
+    apply_overrides(trainer.override, trainer)
+    moe_cfg = trainer.model_spec.model.layers[0].moe
+    # gloo's all_to_all takes equal splits only: torchtitan's balanced round-robin routing (router scores still
+    # weight the experts and get gradients) with 8 tokens x top-2 per rank gives every expert 2 rows per rank.
+    moe_cfg.router._debug_force_load_balance = True
+
+    whole = _real_moe(moe_cfg)
+    sharded = _real_moe(moe_cfg)
+    sharded.parallelize(pd)
+    experts = sharded.routed_experts.inner_experts
+    local = whole.routed_experts.inner_experts.num_experts // world
+    per_expert = {"w1_EFD", "w2_EDF", "w3_EFD"} | (set() if shared else {"act.weight", "act.bias"})
+    with torch.no_grad():  # this rank's slice of every expert-sharded tensor, the rest whole
+        for name, p in experts.named_parameters():
+            full = dict(whole.routed_experts.inner_experts.named_parameters())[name]
+            p.copy_(full[rank * local : (rank + 1) * local] if name in per_expert else full)
+
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(world, 8, whole.router.gate.in_features, generator=gen, dtype=torch.float64)
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    xw = x.clone().requires_grad_()
+    y_whole = whole(xw)
+    (y_whole * g).sum().backward()
+    xs = x[rank : rank + 1].clone().requires_grad_()
+    with _context(pd):
+        y = sharded(xs)
+        (y * g[rank : rank + 1]).sum().backward()
+    grads = {}
+    for name, p in sharded.named_parameters():
+        if name.startswith("routed_experts.inner_experts.") and name.split("inner_experts.")[1] in per_expert:
+            grads[name] = _full(p.grad, 0)
+        elif name.startswith("routed_experts.inner_experts.act."):
+            grads[name] = p.grad  # shared coefficients: already the sum over the expert-parallel ranks
+        else:
+            dist.all_reduce(total := p.grad.clone())  # data-parallel parameters: FSDP sums these over ranks
+            grads[name] = total
+    return {
+        "y": (_full(y.detach(), 0), y_whole.detach()),
+        "dx": (_full(xs.grad, 0), xw.grad),
+        "grads": {n: (grads[n], p.grad) for n, p in whole.named_parameters()},
+        "local_experts": _local_shape(experts.w1_EFD)[0],
+    }
+
+
+def _real_moe(cfg):
+    """The MoE layer of `cfg` in fp64 with seeded random weights (same on every rank) and zero expert bias."""
+    with torch.device("meta"):
+        moe = cfg.build()
+    moe.to_empty(device="cpu")
+    with torch.no_grad():
+        moe.init_states(buffer_device=torch.device("cpu"))
+    moe = moe.double()
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in moe.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * (0.5 if ".act." in name else 0.2))
+    return moe.train()
