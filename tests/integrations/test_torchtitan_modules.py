@@ -222,3 +222,49 @@ def test_wrong_call_shapes_are_named():
     per_expert = build_real(polycom_grouped_experts_config(stock_experts_config(), shared_coefficients=False))
     with pytest.raises(RuntimeError, match="forward_segments"):
         per_expert.act(torch.randn(2, 18, dtype=torch.float64))
+
+
+# -- the override mechanism, as torchtitan's trainer applies it ----------------------------------------
+def _swiglu_trainer():
+    from polycom.integrations.torchtitan.recipes import registry_trainer_config
+
+    trainer = registry_trainer_config("polycom_debug_swiglu")  # 2 layers of stock SwiGLU FeedForward
+    trainer.model_spec.model.update_from_config(config=trainer)
+    return trainer
+
+
+def _ffn_types(trainer) -> list[str]:
+    return [type(layer.feed_forward).__qualname__ for layer in trainer.model_spec.model.layers]
+
+
+def test_override_with_kwargs_from_the_command_line_form():
+    from torchtitan.config.override import OverrideConfig, apply_overrides, parse_cli_imports
+
+    trainer = _swiglu_trainer()
+    target = "polycom.integrations.torchtitan.feed_forward.polycom_feed_forward"
+    imports = parse_cli_imports([f'{target}={{"activation": "polyrelu:order=2", "mode": "replace"}}'])
+    lines = apply_overrides(OverrideConfig(imports=imports), trainer)
+    assert len(lines) == 2 and _ffn_types(trainer) == ["PolyComFeedForward.Config"] * 2
+    ffn = trainer.model_spec.model.layers[0].feed_forward
+    assert (ffn.activation, ffn.mode) == ("polyrelu_glu:order=2", "replace")
+    assert ffn.sharding_config is not None  # torchtitan's FFN sharding (set before overrides) is carried over
+    assert ffn.w1.sharding_config is not None and ffn.w2.sharding_config is not None
+
+
+PARTIAL_OVERRIDE = None  # registered by the test below, in this module (the override's import path)
+
+
+def test_feed_forward_override_limited_to_fqn_globs():
+    from torchtitan.config.override import OverrideConfig, apply_overrides
+
+    from polycom.integrations.torchtitan import feed_forward_override
+
+    global PARTIAL_OVERRIDE
+    if PARTIAL_OVERRIDE is None:
+        PARTIAL_OVERRIDE = feed_forward_override("late_polynorm", fqns=["*layers.1.feed_forward"])
+    assert PARTIAL_OVERRIDE.__module__ == __name__ and PARTIAL_OVERRIDE.__name__ == "late_polynorm"
+    trainer = _swiglu_trainer()
+    apply_overrides(OverrideConfig(imports=[f"{__name__}.late_polynorm"]), trainer)
+    assert _ffn_types(trainer) == ["FeedForward.Config", "PolyComFeedForward.Config"]
+    swiglu = trainer.model_spec.model.layers[0].feed_forward.w1.out_features
+    assert swiglu == 384 and trainer.model_spec.model.layers[1].feed_forward.w1.out_features == 576  # 1.5 x
