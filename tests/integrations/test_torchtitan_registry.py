@@ -45,9 +45,7 @@ def polycom_model_config(name: str):
         ).model
     activation = name.rsplit("_", 1)[1]
     preset = "moe-tiny" if "_moe_" in name else "tiny"
-    return get_preset(
-        preset, vocab_size=recipes.DEBUG_VOCAB, max_seq_len=recipes.DEBUG_SEQ_LEN, activation=activation
-    )
+    return get_preset(preset, vocab_size=recipes.DEBUG_VOCAB, max_seq_len=recipes.DEBUG_SEQ_LEN, activation=activation)
 
 
 def twin(name: str) -> str:
