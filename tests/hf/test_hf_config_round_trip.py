@@ -44,6 +44,7 @@ MODEL_FIELDS = dict(
     attention_dropout=0.1,
     hidden_dropout=0.2,
     qk_norm=True,
+    qk_norm_per_head=True,
     fused_mlp=False,
 )
 MOE_FIELDS = dict(
@@ -55,6 +56,7 @@ MOE_FIELDS = dict(
     lb_loss_coef=0.02,
     z_loss_coef=0.003,
     grouped_mm=True,
+    expert_bias=True,
 )
 # fields PolyComConfig does not store, with the reason; they come back at their default
 NOT_STORED = {

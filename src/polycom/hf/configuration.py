@@ -15,12 +15,12 @@ they look for. Every width is stored resolved (no parameter-matching rule is re-
 | rms_norm_eps, rope_theta, initializer_range | norm_eps, rope_theta, init_std |
 | initializer_truncation | init_truncation |
 | attention_dropout, hidden_dropout | attention_dropout, hidden_dropout |
-| tie_word_embeddings, qk_norm | tie_embeddings, qk_norm |
+| tie_word_embeddings, qk_norm, qk_norm_per_head | tie_embeddings, qk_norm, qk_norm_per_head |
 | fused_mlp | fused_mlp |
 | num_experts (0 = dense), num_experts_per_tok, moe_intermediate_size | moe.num_experts, moe.top_k, expert width |
 | moe_shared_coefficients, moe_normalize_top_k | moe.shared_coefficients, moe.normalize_top_k |
 | router_aux_loss_coef, router_z_loss_coef | moe.lb_loss_coef, moe.z_loss_coef |
-| moe_grouped_mm | moe.grouped_mm |
+| moe_grouped_mm, moe_expert_bias | moe.grouped_mm, moe.expert_bias |
 
 Not stored: ``multiple_of``, which only rounds the parameter-matched widths; the widths are stored
 resolved, so ``to_model_config`` gives the default ``multiple_of`` and the same model.
@@ -73,6 +73,7 @@ class PolyComConfig(PretrainedConfig):
         attention_dropout: float = 0.0,
         hidden_dropout: float = 0.0,
         qk_norm: bool = False,
+        qk_norm_per_head: bool = False,
         num_experts: int = 0,
         num_experts_per_tok: int = 2,
         moe_intermediate_size: int | None = None,
@@ -81,6 +82,7 @@ class PolyComConfig(PretrainedConfig):
         router_aux_loss_coef: float = 0.01,
         router_z_loss_coef: float = 0.001,
         moe_grouped_mm: bool = False,
+        moe_expert_bias: bool = False,
         tie_word_embeddings: bool = False,
         fused_mlp: bool = True,
         use_cache: bool = True,
@@ -103,6 +105,7 @@ class PolyComConfig(PretrainedConfig):
         self.attention_dropout = attention_dropout
         self.hidden_dropout = hidden_dropout
         self.qk_norm = qk_norm
+        self.qk_norm_per_head = bool(qk_norm_per_head)
         self.num_experts = num_experts
         self.num_experts_per_tok = num_experts_per_tok
         self.moe_shared_coefficients = moe_shared_coefficients
@@ -110,6 +113,7 @@ class PolyComConfig(PretrainedConfig):
         self.router_aux_loss_coef = router_aux_loss_coef
         self.router_z_loss_coef = router_z_loss_coef
         self.moe_grouped_mm = bool(moe_grouped_mm)
+        self.moe_expert_bias = bool(moe_expert_bias)
         self.fused_mlp = bool(fused_mlp)
         self.use_cache = use_cache
         self.head_dim = hidden_size // num_attention_heads
@@ -142,6 +146,7 @@ class PolyComConfig(PretrainedConfig):
                 lb_loss_coef=self.router_aux_loss_coef,
                 z_loss_coef=self.router_z_loss_coef,
                 grouped_mm=self.moe_grouped_mm,
+                expert_bias=bool(getattr(self, "moe_expert_bias", False)),
             )
         return ModelConfig(
             vocab_size=self.vocab_size,
@@ -162,6 +167,7 @@ class PolyComConfig(PretrainedConfig):
             attention_dropout=self.attention_dropout,
             hidden_dropout=self.hidden_dropout,
             qk_norm=self.qk_norm,
+            qk_norm_per_head=bool(getattr(self, "qk_norm_per_head", False)),
             fused_mlp=self.fused_mlp,
             moe=moe,
         )
@@ -188,6 +194,7 @@ class PolyComConfig(PretrainedConfig):
             attention_dropout=cfg.attention_dropout,
             hidden_dropout=cfg.hidden_dropout,
             qk_norm=cfg.qk_norm,
+            qk_norm_per_head=cfg.qk_norm_per_head,
             num_experts=0 if moe is None else moe.num_experts,
             num_experts_per_tok=2 if moe is None else moe.top_k,
             moe_intermediate_size=None if moe is None else cfg.expert_hidden_size(),
@@ -196,6 +203,7 @@ class PolyComConfig(PretrainedConfig):
             router_aux_loss_coef=0.01 if moe is None else moe.lb_loss_coef,
             router_z_loss_coef=0.001 if moe is None else moe.z_loss_coef,
             moe_grouped_mm=False if moe is None else moe.grouped_mm,
+            moe_expert_bias=False if moe is None else moe.expert_bias,
             tie_word_embeddings=cfg.tie_embeddings,
             fused_mlp=cfg.fused_mlp,
             **kwargs,

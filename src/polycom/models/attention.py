@@ -75,9 +75,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
         self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
-        if cfg.qk_norm:
-            self.q_norm = RMSNorm(self.n_heads * hd, cfg.norm_eps)
-            self.k_norm = RMSNorm(self.n_kv_heads * hd, cfg.norm_eps)
+        self.qk_norm_per_head = cfg.qk_norm_per_head
+        if cfg.qk_norm:  # over the whole projection (OLMoE) or over each head (qk_norm_per_head)
+            self.q_norm = RMSNorm(hd if cfg.qk_norm_per_head else self.n_heads * hd, cfg.norm_eps)
+            self.k_norm = RMSNorm(hd if cfg.qk_norm_per_head else self.n_kv_heads * hd, cfg.norm_eps)
         else:
             self.q_norm = self.k_norm = None
 
@@ -87,10 +88,13 @@ class Attention(nn.Module):
         """x (B, T, d) -> q (B, H, T, hd), k and v (B, H_kv, T, hd); RoPE applied to q and k."""
         B, T, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.qk_norm_per_head:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.qk_norm_per_head:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 

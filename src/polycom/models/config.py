@@ -40,6 +40,9 @@ class MoEConfig:
     grouped_mm: run the expert matmuls with one `torch.nn.functional.grouped_mm` call each (bf16
         operands, e.g. under bf16 autocast; CUDA SM80+ or CPU) instead of a loop over experts; falls
         back to the loop when the operands are not bf16. Same numbers up to bf16 rounding.
+    expert_bias: the router holds a buffer ``expert_bias`` (E,) added to the probabilities for the top-k
+        choice only (the combine weights stay the unbiased probabilities): the auxiliary-loss-free load
+        balancing of torchtitan's MoE, whose checkpoints carry it. polycom's trainer does not update it.
     """
 
     num_experts: int = 8
@@ -50,6 +53,7 @@ class MoEConfig:
     lb_loss_coef: float = 0.01
     z_loss_coef: float = 0.001
     grouped_mm: bool = False
+    expert_bias: bool = False
 
     def validate(self) -> None:
         if self.num_experts < 1:
@@ -86,6 +90,8 @@ class ModelConfig:
     hidden_size: dense MLP width; None -> parameter-matched (module docstring).
     tie_embeddings: reuse `embed.weight` as the output projection (no `lm_head`).
     qk_norm: RMSNorm on the full q and k projections before RoPE (OLMoE); default off (Llama).
+    qk_norm_per_head: with qk_norm, normalise each head's q and k over head_dim instead (Qwen3, torchtitan's
+        QK-norm; one gain vector of head_dim shared by the heads of q, one by those of k).
     fused_mlp: run PolyNorm / PolyReLU / SwiGLU dense MLP blocks as one autograd node that does not keep
         the activation output (`polycom.MLP(fused=...)`); False runs the modules one by one.
     init_std: std of the normal init; o_proj and down_proj use init_std / sqrt(2 * n_layers).
@@ -113,6 +119,7 @@ class ModelConfig:
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     qk_norm: bool = False
+    qk_norm_per_head: bool = False
     fused_mlp: bool = True
     moe: MoEConfig | None = field(default=None)
 
@@ -155,6 +162,8 @@ class ModelConfig:
                 "init_truncation must be >= 0 and attention_dropout / hidden_dropout in [0, 1), got "
                 f"{self.init_truncation}, {self.attention_dropout}, {self.hidden_dropout}"
             )
+        if self.qk_norm_per_head and not self.qk_norm:
+            raise ValueError("qk_norm_per_head needs qk_norm = true (it says over what q and k are normalised)")
         if self.moe is not None:
             if not isinstance(self.moe, MoEConfig):
                 raise TypeError(f"moe must be a MoEConfig, a dict or None, got {type(self.moe).__name__}")

@@ -4,6 +4,7 @@ For N tokens x (N, d), router weight W_r (E, d):
 
     logits = x W_r^T (fp32)            probs = softmax(logits)          (N, E)
     (w, idx) = top_k(probs, k)                                          (N, k)  [w /= sum(w) if normalize_top_k]
+    with an expert bias b (E,) (MoEConfig.expert_bias): idx = top_k(probs + b, k), w = probs[idx]
     y_t = sum_j w_tj * expert_{idx_tj}(x_t)
 
 Dispatch is dropless: the N*k (token, expert) assignments are sorted by expert (a stable argsort of
@@ -145,6 +146,8 @@ class MoEMLP(nn.Module):
         self.normalize_top_k = moe.normalize_top_k
         self.use_grouped_mm = moe.grouped_mm
         self.router = nn.Linear(cfg.d_model, moe.num_experts, bias=False)
+        # Load-balancing bias of the top-k choice (MoEConfig.expert_bias); not a parameter: nothing trains it here.
+        self.register_buffer("expert_bias", torch.zeros(moe.num_experts) if moe.expert_bias else None)
         self.experts = Experts(moe.num_experts, cfg.d_model, cfg.expert_hidden_size(), cfg.gated)
         if moe.shared_coefficients:
             self.act = get_activation(cfg.activation, **cfg.activation_kwargs())
@@ -160,7 +163,11 @@ class MoEMLP(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             logits = F.linear(x.float(), self.router.weight.float())
         probs = logits.softmax(dim=-1)
-        weights, idx = probs.topk(self.top_k, dim=-1)
+        if self.expert_bias is None:
+            weights, idx = probs.topk(self.top_k, dim=-1)
+        else:  # the bias moves the choice; the weights stay the unbiased probabilities
+            idx = (probs + self.expert_bias.float()).topk(self.top_k, dim=-1).indices
+            weights = probs.gather(-1, idx)
         if self.normalize_top_k:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return logits, probs, weights, idx

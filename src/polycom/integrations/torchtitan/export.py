@@ -17,9 +17,9 @@ model on the training command line, in polycom's config grammar. The steps:
 4. write the folder with `polycom.hf.export.export_model` (atomic; reloads it and checks the logits
    again), with the tokenizer of ``--tokenizer`` (torchtitan's ``hf_assets_path``) when given.
 
-Refused, with the reason: torchtitan's per-head QK-norm (polycom's harness normalises the whole q / k
-projection) and a non-zero expert bias (torchtitan's load balancing moves the top-k choice; polycom's
-router has no such bias); both are in the paper MoE config, so its checkpoints do not export yet.
+The polycom model is `polycom.integrations.torchtitan.models.polycom_twin` of the config: with torchtitan's
+per-head QK-norm (``qk_norm_per_head``) and, for MoE, the router's load-balancing expert bias
+(``moe.expert_bias``), which the checkpoint carries.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 
 from polycom.errors import UserError, did_you_mean
 from polycom.integrations.torchtitan import config_registry, recipes
+from polycom.integrations.torchtitan.models import polycom_twin
 from polycom.models import ModelConfig, PolyComLM, build_model
 from polycom.train.config import apply_override
 from polycom.utils.paths import existing_folder
@@ -99,12 +100,15 @@ _IN_LAYER = {
     "attention.wo.weight": "attn.o_proj.weight",
     "moe.router.gate.weight": "mlp.router.weight",
     "moe.routed_experts.inner_experts.w2_EDF": "mlp.experts.down_proj",
+    "moe.expert_bias_E": "mlp.expert_bias",
+    "attention.q_norm.weight": "attn.q_norm.weight",
+    "attention.k_norm.weight": "attn.k_norm.weight",
     "feed_forward.w2.weight": "mlp.down_proj.weight",
 }
 
 
 def state_dict_to_polycom(state: dict[str, torch.Tensor], mc: ModelConfig) -> dict[str, torch.Tensor]:
-    """torchtitan decoder state (registry models) -> polycom `PolyComLM` state, by name (module docstring)."""
+    """torchtitan decoder state (registry models) -> polycom `PolyComLM` state of `mc` (the `polycom_twin`), by name."""
     gated = mc.gated
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -118,18 +122,6 @@ def state_dict_to_polycom(state: dict[str, torch.Tensor], mc: ModelConfig) -> di
         i, rest = match.groups()
         if rest.startswith("attention.rope.") or rest == "moe.tokens_per_expert_E":
             continue  # RoPE tables and routing counters are recomputed, not weights
-        if rest.startswith("attention.qk_norm."):
-            raise UserError(
-                "this checkpoint uses torchtitan's per-head QK-norm, which polycom's harness model (QK-norm over the "
-                "whole projection, OLMoE) does not have: it cannot be exported exactly"
-            )
-        if rest == "moe.expert_bias_E":
-            if torch.count_nonzero(value):
-                raise UserError(
-                    f"layer {i}: torchtitan's load-balancing expert bias is non-zero; it changes which experts a "
-                    "token uses and polycom's router has no such bias, so the model cannot be exported exactly"
-                )
-            continue
         out[f"layers.{i}.{_polycom_layer_name(rest, gated, mc)}"] = value
     return out
 
@@ -167,7 +159,7 @@ def _per_expert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def to_polycom_model(model: torch.nn.Module, mc: ModelConfig) -> PolyComLM:
-    """A polycom harness model holding the weights of torchtitan registry `model` (fp32, CPU)."""
+    """A polycom harness model of config `mc` (a `polycom_twin`) holding the weights of torchtitan `model` (fp32, CPU)."""
     harness = build_model(mc, device="meta").to_empty(device="cpu")
     state = _per_expert(state_dict_to_polycom({k: v.float() for k, v in model.state_dict().items()}, mc))
     missing, unexpected = harness.load_state_dict(state, strict=False)
@@ -213,7 +205,7 @@ def export_checkpoint(
         tok = HFTokenizer.from_file(path)
     model = build_torchtitan_model(config, tc.model)
     load_checkpoint(model, checkpoint)
-    harness = to_polycom_model(model.float(), tc.model)
+    harness = to_polycom_model(model.float(), polycom_twin(tc.model))
     diff = compare_logits(model, harness)
     if not diff <= ATOL:
         raise UserError(f"the polycom model does not reproduce the torchtitan logits (max |diff| = {diff:.3g})")

@@ -9,15 +9,16 @@ torchtitan's SwiGLU at the SwiGLU width; for a PolyCom activation `activation_ov
 override factories (and their kwargs) that turn them into polycom's (the parameter-matched widths
 follow from the factory), so the registry and a user's ``--override.imports`` take one path.
 
-What torchtitan's blocks do differently from polycom's harness model, by design of this mapping:
+Two torchtitan choices differ from polycom's defaults and are kept, because torchtitan 0.3.0 has no
+alternative; `polycom_twin` gives the polycom `ModelConfig` that computes exactly what the torchtitan
+model computes (what the export writes):
 
-* QK-norm (``mc.qk_norm``, the paper's MoE): torchtitan normalises each head's q and k (``head_dim``);
-  polycom's harness normalises the whole projection (OLMoE). `polycom.integrations.torchtitan.export`
-  refuses such checkpoints rather than export a different model;
+* QK-norm (``mc.qk_norm``, the paper's MoE): torchtitan normalises each head's q and k over ``head_dim``
+  (``qk_norm_per_head`` in polycom); OLMoE and polycom's default normalise the whole projection;
 * MoE routing: softmax over experts, top-k, no renormalisation of the k weights (OLMoE), and
-  torchtitan's auxiliary-loss-free load balancing (an expert bias used for the top-k choice only,
-  ``load_balance_coeff`` 1e-3) in place of OLMoE's load-balancing and z losses, which torchtitan 0.3.0
-  does not implement.
+  torchtitan's auxiliary-loss-free load balancing (an expert bias added for the top-k choice only,
+  updated at rate ``load_balance_coeff`` 1e-3; ``MoEConfig.expert_bias`` in polycom) in place of OLMoE's
+  load-balancing and z losses, which torchtitan 0.3.0 does not implement.
 """
 
 from __future__ import annotations
@@ -146,6 +147,15 @@ def model_spec(mc: ModelConfig, flavor: str, *, attn_backend: str = "flex") -> M
         post_optimizer_build_fn=register_moe_load_balancing_hook if mc.moe is not None else None,
         state_dict_adapter=None,
     )
+
+
+def polycom_twin(mc: ModelConfig) -> ModelConfig:
+    """The polycom `ModelConfig` of the model `decoder_config(mc)` builds: `mc` with per-head QK-norm (where it has
+    QK-norm) and a router expert bias (MoE): the same parameters and the same function (module docstring)."""
+    d = mc.to_dict() | {"qk_norm_per_head": mc.qk_norm}
+    if mc.moe is not None:
+        d["moe"] = d["moe"] | {"expert_bias": True}
+    return ModelConfig.from_dict(d)
 
 
 def activation_overrides(mc: ModelConfig) -> list[str | tuple[str, dict]]:
