@@ -133,3 +133,25 @@ def test_unknown_entries_are_named():
         state_dict_to_polycom({"layers.0.feed_forward.gate.weight": torch.ones(4)}, mc)
     with pytest.raises(UserError, match="unexpected entry"):
         state_dict_to_polycom({"encoder.weight": torch.ones(4)}, mc)
+
+
+def test_polycom_tools_run_on_an_exported_torchtitan_model(tmp_path, capsys):
+    """What the export is for: polycom generate, eval and analyze model on the folder."""
+    from polycom.cli import main as polycom_main
+
+    name = "polycom_debug_polynorm"
+    model = _trained_like(name).eval()
+    ckpt = tmp_path / "checkpoint" / "step-3"
+    _save(model, ckpt)
+    out = export_checkpoint(ckpt, tmp_path / "hf", config=name, tokenizer=_tokenizer_folder(tmp_path, 2048))
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 20)
+    assert polycom_main(["generate", "--run", str(out), "--prompt", "To be", "--temperature", "0",
+                         "--max-new-tokens", "4", "--device", "cpu"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith("To be")
+    assert polycom_main(["eval", "--model", str(out), "--text", str(text), "--out", str(tmp_path / "eval"),
+                         "--device", "cpu", "--max-length", "64"]) == 0  # fmt: skip
+    assert (tmp_path / "eval" / "results.json").is_file()
+    assert polycom_main(["analyze", "model", "--run", str(out), "--text", str(text), "--tokens", "256",
+                         "--seq-len", "64", "--device", "cpu", "--out", str(tmp_path / "analysis")]) == 0  # fmt: skip
+    assert any((tmp_path / "analysis").iterdir())
