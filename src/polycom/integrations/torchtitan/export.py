@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from polycom.errors import UserError, did_you_mean
-from polycom.integrations.torchtitan import config_registry, recipes
+from polycom.integrations.torchtitan import recipes
 from polycom.integrations.torchtitan.models import polycom_twin
 from polycom.models import ModelConfig, PolyComLM, build_model
 from polycom.train.config import apply_override
@@ -221,7 +221,7 @@ def _check_config_name(name: str) -> None:
 
 def _registry_config(name: str):
     _check_config_name(name)
-    return getattr(config_registry, name)()
+    return recipes.registry_trainer_config(name)
 
 
 def main(argv: list[str] | None = None) -> int:
