@@ -70,6 +70,14 @@ def test_ffn_non_contiguous_input_and_bf16():
     torch.testing.assert_close(y.double(), ref(x), rtol=0.05, atol=0.05)
 
 
+def _reference_coefficient_grad(act, coeff: str, shared: bool) -> torch.Tensor:
+    """The reference's gradient of coefficient `coeff`, stacked over experts when they are per expert."""
+    if shared:
+        return getattr(act, coeff).grad
+    # an expert without tokens has no gradient in the reference: zero in ours
+    return torch.stack([torch.zeros_like(p) if p.grad is None else p.grad for p in (getattr(a, coeff) for a in act)])
+
+
 @pytest.mark.parametrize("arm", ARMS)
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-expert"])
 def test_experts_match_polycom_experts(arm, shared):
@@ -93,14 +101,7 @@ def test_experts_match_polycom_experts(arm, shared):
     }
     for name, p in experts.named_parameters():
         if name.startswith("act."):
-            coeff = name.removeprefix("act.")
-            if shared:
-                want = getattr(act, coeff).grad
-            else:  # the expert without tokens has no gradient in the reference: zero in ours
-                grads = [getattr(a, coeff).grad for a in act]
-                want = torch.stack(
-                    [torch.zeros_like(getattr(a, coeff)) if gr is None else gr for a, gr in zip(act, grads)]
-                )
+            want = _reference_coefficient_grad(act, name.removeprefix("act."), shared)
         else:
             want = getattr(ref, names[name]).grad
         torch.testing.assert_close(p.grad, want, **TIGHT, msg=f"gradient of {name}")
@@ -115,6 +116,72 @@ def test_experts_padding_rows_are_zero_and_carry_no_gradient():
     y.sum().backward()
     assert torch.equal(x.grad[-3:], torch.zeros_like(x.grad[-3:]))
     assert torch.isfinite(experts.act.weight.grad).all()
+
+
+class _NanPastEnd(torch.autograd.Function):
+    """Identity on rows < end; rows >= end become NaN, in the forward value and in the gradient."""
+
+    @staticmethod
+    def forward(ctx, t, end):
+        ctx.end = end
+        return torch.cat([t[:end], torch.full_like(t[end:], float("nan"))])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.cat([grad[: ctx.end], torch.full_like(grad[ctx.end :], float("nan"))]), None
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+@pytest.mark.parametrize("arm", ARMS)
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-expert"])
+def test_experts_grouped_gemm_path_in_bf16(arm, shared):
+    """bf16 input takes torchtitan's grouped GEMM (`torch._grouped_mm`), as on CUDA: same numbers as polycom's
+    experts in fp64 to bf16 accuracy. The grouped GEMM leaves the rows past the last expert unwritten (its
+    output and its input gradient); the test makes them NaN, and they must come out zero, with zero gradient,
+    and leave every other gradient finite."""
+    cfg = polycom_grouped_experts_config(stock_experts_config(h=16), activation=arm, shared_coefficients=shared)
+    experts = build_real(cfg)  # ungated width 24, replace 16: the CPU grouped GEMM needs 16-byte row strides
+    ref, act = reference_experts(experts)
+    experts = experts.to(torch.bfloat16)
+    ref, act = ref.to(torch.bfloat16).double(), act.to(torch.bfloat16).double()  # the same rounded weights
+    counts, padding = [5, 0, 9, 3], 7
+    x, counts_t = routed_tokens(counts, padding=padding)
+    x = x.to(torch.bfloat16)
+    g = torch.randn(x.shape, dtype=torch.float64)
+    calls = []
+    grouped_mm = experts._grouped_mm
+
+    def unwritten_rows_are_nan(A, B_t, offs):  # what the GEMM leaves past the last expert, made deterministic
+        calls.append(1)
+        end = int(offs[-1])
+        return _NanPastEnd.apply(grouped_mm(A=_NanPastEnd.apply(A, end), B_t=B_t, offs=offs), end)
+
+    experts._grouped_mm = unwritten_rows_are_nan
+    xa, xb = x.clone().requires_grad_(), x.double()[: sum(counts)].requires_grad_()
+    ya, yb = experts(xa, counts_t), ref(xb, counts, act)
+    assert len(calls) == (3 if cfg.mode == "replace" else 2)  # the grouped path, not the per-expert loop
+    assert ya.dtype == torch.bfloat16
+    assert torch.equal(ya[-padding:], torch.zeros_like(ya[-padding:]))
+    assert _relative_error(ya[:-padding], yb) < 2e-2
+    (ya.double() * g).sum().backward()
+    (yb * g[: sum(counts)]).sum().backward()
+    assert torch.equal(xa.grad[-padding:], torch.zeros_like(xa.grad[-padding:]))
+    assert _relative_error(xa.grad[:-padding], xb.grad) < 3e-2
+    names = {
+        "w1_EFD": "gate_proj" if experts.mode == "replace" else "up_proj",
+        "w3_EFD": "up_proj",
+        "w2_EDF": "down_proj",
+    }
+    for name, p in experts.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+        if name.startswith("act."):
+            want = _reference_coefficient_grad(act, name.removeprefix("act."), shared)
+        else:
+            want = getattr(ref, names[name]).grad
+        assert _relative_error(p.grad, want) < 3e-2, name
 
 
 def test_widths_and_parameter_counts_match_swiglu():

@@ -16,9 +16,10 @@ are sharded with it (each rank keeps its experts' sets) and shared coefficients 
 expert-parallel rank's gradient. With tensor-parallel experts (``ep == 1``, ``tp > 1``) the hidden
 dimension is sharded and the activation reduces over the TP group as the dense FFN does.
 
-The matmuls: on CUDA torchtitan's grouped GEMM (``_grouped_mm`` in bf16, its seam for float8 / MX
-converters); elsewhere a loop over experts (never over tokens) in the input's dtype, since the CPU grouped
-GEMM takes neither fp64 nor unaligned strides.
+The matmuls: on CUDA, and for bf16 input anywhere, torchtitan's grouped GEMM (``_grouped_mm`` in bf16, its
+seam for float8 / MX converters), as torchtitan's own experts; fp32 / fp64 input on the CPU loops over the
+experts (never over tokens) in the input's dtype, since the CPU grouped GEMM takes neither fp64 nor
+unaligned strides. Either way rows past the last expert give zero output and receive zero gradient.
 
     --override.imports polycom.integrations.torchtitan.experts.polycom_grouped_experts
     --override.imports 'polycom.integrations.torchtitan.experts.polycom_grouped_experts={"shared_coefficients": false}'
@@ -69,13 +70,19 @@ class PolyComGroupedExperts(GroupedExperts):
         w1, w2 = _local(self.w1_EFD), _local(self.w2_EDF)
         w3 = _local(self.w3_EFD) if self.mode == "replace" else None
         rows = x_RD.shape[0]
-        counts = None if self.shared_coefficients and x_RD.is_cuda else num_tokens_per_expert_E.tolist()
-        if x_RD.is_cuda:
+        grouped = x_RD.is_cuda or x_RD.dtype == torch.bfloat16
+        counts = None if self.shared_coefficients and grouped else num_tokens_per_expert_E.tolist()
+        if grouped:
             offsets = torch.cumsum(num_tokens_per_expert_E, dim=0, dtype=torch.int32)
             valid = (torch.arange(rows, device=x_RD.device) < offsets[-1])[:, None]
 
             def matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                 return self._grouped_mm(A=a.bfloat16(), B_t=w.bfloat16().transpose(-2, -1), offs=offsets)
+
+            # The grouped GEMM leaves the rows past the last expert unwritten (whatever memory held) in its
+            # output and in its input gradient: mask them at every grouped GEMM boundary, so they reach
+            # neither the activation's row sums and coefficient gradients nor the caller, either way.
+            x_RD = torch.where(valid, x_RD, 0)
         else:
             valid = None
             n = sum(counts)
@@ -86,12 +93,14 @@ class PolyComGroupedExperts(GroupedExperts):
 
         gate = matmul(x_RD, w1)
         up = matmul(x_RD, w3) if w3 is not None else None
-        if valid is not None:  # padding rows past the last expert may hold anything: keep them out of the sums
+        if valid is not None:
             gate = torch.where(valid, gate, 0)
+            up = torch.where(valid, up, 0) if up is not None else None
         hidden = self._activate(gate, up, counts)
         if valid is not None:
             hidden = torch.where(valid, hidden, 0)
-        return matmul(hidden, w2).type_as(x_RD)
+        out = matmul(hidden, w2)
+        return (torch.where(valid, out, 0) if valid is not None else out).type_as(x_RD)
 
     def _activate(self, gate: torch.Tensor, up: torch.Tensor | None, counts: list[int] | None) -> torch.Tensor:
         gated_act = up is not None and self.act.gated
