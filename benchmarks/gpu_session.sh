@@ -2,7 +2,7 @@
 # Every GPU check of polycom in one run, so all ratios come from one machine and one session.
 #
 # Meant for a lent H100/H200 with a copy of this tree (no .git), torch and triton preinstalled and no
-# network; about 8 minutes. Each step has its own time limit, so a slow step cannot eat the others,
+# network; 10-13 minutes, so run it as two device calls (ONLY=, below). Each step has its own time limit, so a slow step cannot eat the others,
 # and its full log goes to $OUT/<step>.log (the last lines are printed too):
 #
 #   1. kernel-tests   the Triton kernels against the fp64 references on the GPU (tests/ops_triton)
@@ -15,6 +15,8 @@
 #                     side (bf16, compile on): tokens/s and peak memory (rows: $OUT/torchtitan_steps.jsonl).
 #                     The machine has no package index: run `bash benchmarks/gpu_wheels.sh` here first and
 #                     carry .whl/ with the tree; the wheels are installed into /tmp/site.
+#   7. torchtitan-moe the same on the MoE debug config: the PolyCom experts' CUDA path (bf16 grouped GEMM
+#                     with the rows past the last expert masked) inside torchtitan's token dispatch.
 #
 # Usage (repository root):
 #
@@ -69,3 +71,5 @@ if [ -d .whl ] && [ -z "${DRY_RUN:-}" ]; then
 fi
 step torchtitan 300 "$PY" -m polycom.integrations.torchtitan.bench --steps 20 \
     --configs polycom_debug_swiglu polycom_debug_polynorm --out "$OUT/torchtitan_steps.jsonl" --commit "$COMMIT"
+step torchtitan-moe 300 "$PY" -m polycom.integrations.torchtitan.bench --steps 20 \
+    --configs polycom_debug_moe_swiglu polycom_debug_moe_polynorm --out "$OUT/torchtitan_steps.jsonl" --commit "$COMMIT"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from polycom.integrations.torchtitan import bench
+from polycom.integrations.torchtitan.recipes import config_names
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,8 +45,15 @@ def test_step_lines_are_parsed_and_summarised_after_warmup():
         bench.summarise(steps[:2])
 
 
-def test_gpu_session_runs_the_torchtitan_step_with_a_valid_command(tmp_path):
-    env = dict(os.environ, DRY_RUN="1", ONLY="torchtitan", OUT=str(tmp_path), COMMIT="abc1234", PYTHON="python3")
+@pytest.mark.parametrize(
+    "step, configs",
+    [
+        ("torchtitan", ["polycom_debug_swiglu", "polycom_debug_polynorm"]),
+        ("torchtitan-moe", ["polycom_debug_moe_swiglu", "polycom_debug_moe_polynorm"]),
+    ],
+)
+def test_gpu_session_runs_the_torchtitan_steps_with_valid_commands(tmp_path, step, configs):
+    env = dict(os.environ, DRY_RUN="1", ONLY=step, OUT=str(tmp_path), COMMIT="abc1234", PYTHON="python3")
     done = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu_session.sh")],
         cwd=REPO,
@@ -58,7 +66,8 @@ def test_gpu_session_runs_the_torchtitan_step_with_a_valid_command(tmp_path):
     (command,) = [shlex.split(line) for line in done.stdout.splitlines() if line.strip()]
     assert command[1:3] == ["-m", "polycom.integrations.torchtitan.bench"]
     args = bench.build_parser().parse_args(command[3:])
-    assert args.configs == ["polycom_debug_swiglu", "polycom_debug_polynorm"] and args.steps == 20
+    assert args.configs == configs and args.steps == 20
+    assert set(configs) <= set(config_names())  # each is a registry config torchtitan can find
     assert args.commit == "abc1234" and args.out.startswith(str(tmp_path))
 
 
