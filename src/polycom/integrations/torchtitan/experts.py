@@ -77,14 +77,13 @@ class PolyComGroupedExperts(GroupedExperts):
             valid = (torch.arange(rows, device=x_RD.device) < offsets[-1])[:, None]
 
             def matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-                return self._grouped_mm(A=a.bfloat16(), B_t=w.bfloat16().transpose(-2, -1), offs=offsets)
-
-            # The grouped GEMM leaves the rows past the last expert unwritten (whatever memory held) in its
-            # output and in its input gradient: mask them at every grouped GEMM boundary, so they reach
-            # neither the activation's row sums and coefficient gradients nor the caller, either way.
-            x_RD = torch.where(valid, x_RD, 0)
+                # The grouped GEMM leaves the rows past the last expert unwritten (whatever memory held), in
+                # its output and in its input gradient: masking both sides keeps them out of the activation's
+                # row sums and coefficient gradients and away from the caller, forward and backward.
+                a = torch.where(valid, a, 0)
+                out = self._grouped_mm(A=a.bfloat16(), B_t=w.bfloat16().transpose(-2, -1), offs=offsets)
+                return torch.where(valid, out, 0)
         else:
-            valid = None
             n = sum(counts)
 
             def matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -93,14 +92,8 @@ class PolyComGroupedExperts(GroupedExperts):
 
         gate = matmul(x_RD, w1)
         up = matmul(x_RD, w3) if w3 is not None else None
-        if valid is not None:
-            gate = torch.where(valid, gate, 0)
-            up = torch.where(valid, up, 0) if up is not None else None
         hidden = self._activate(gate, up, counts)
-        if valid is not None:
-            hidden = torch.where(valid, hidden, 0)
-        out = matmul(hidden, w2)
-        return (torch.where(valid, out, 0) if valid is not None else out).type_as(x_RD)
+        return matmul(hidden, w2).type_as(x_RD)
 
     def _activate(self, gate: torch.Tensor, up: torch.Tensor | None, counts: list[int] | None) -> torch.Tensor:
         gated_act = up is not None and self.act.gated
