@@ -6,7 +6,8 @@ same data: TP=2 vs TP=1 for the dense FFN (spmd_types and partial_dtensor backen
 sequence parallelism) and for tensor-parallel experts; EP=2 vs EP=1 for the experts module on each rank's
 own experts and tokens, and for torchtitan's whole MoE layer (router, all-to-all token dispatch, PolyCom
 experts, combine; gloo's all_to_all needs equal splits, so the router's balanced debug routing is used).
-The cases of one backend share one pair of processes.
+The cases of one backend share one pair of processes. The partial_dtensor backend (the one FSDP needs with
+torch 2.13, docs/torchtitan.md) runs the FFN's TP cases and the EP cases of the experts and the MoE layer.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ SPMD_CASES = (
     + [("experts_ep_worker", (arm, shared)) for arm in ("polynorm", "polyrelu") for shared in (True, False)]
     + [("moe_ep_worker", ("polynorm", True)), ("moe_ep_worker", ("polyrelu", False))]
 )
-DTENSOR_CASES = [("ffn_tp_worker", ("polynorm", False)), ("ffn_tp_worker", ("polynorm_glu", False))]
+DTENSOR_CASES = [
+    ("ffn_tp_worker", ("polynorm", False)),
+    ("ffn_tp_worker", ("polynorm_glu", False)),
+    ("experts_ep_worker", ("polynorm", True)),
+    ("moe_ep_worker", ("polynorm", True)),
+    ("moe_ep_worker", ("polyrelu", False)),
+]
 
 
 def _ids(cases):
@@ -70,6 +77,7 @@ def test_spmd_types_backend_equals_unsharded(spmd_results, index):
 
 @pytest.mark.parametrize("index", range(len(DTENSOR_CASES)), ids=_ids(DTENSOR_CASES))
 def test_partial_dtensor_backend_equals_unsharded(dtensor_results, index):
-    """The DTensor backend: the FFN's hidden activations are DTensors and polycom's DTensor ops run."""
+    """The DTensor backend: the FFN's hidden activations are DTensors and polycom's DTensor ops run; the experts
+    and the whole MoE layer with EP=2 (the backend FSDP needs with torch 2.13, docs/torchtitan.md)."""
     for rank_results in dtensor_results:
         _check(rank_results[index])

@@ -23,12 +23,15 @@ def run_cases(rank: int, world: int, cases: list[tuple[str, tuple]]) -> list[dic
 def _setup(world: int, **dims) -> object:
     import torchtitan.distributed.parallel_dims as parallel_dims_module
     from torchtitan.distributed import ParallelDims
+    from torchtitan.distributed.utils import set_spmd_backend
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     parallel_dims_module.device_type = "cpu"  # torchtitan assumes an accelerator when it finds none
     sizes = dict(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1) | dims
-    pd = ParallelDims(**sizes, world_size=world, spmd_backend=os.environ.get("TT_BACKEND", "spmd_types"))
+    backend = os.environ.get("TT_BACKEND", "spmd_types")
+    set_spmd_backend(backend)  # torchtitan's process-wide setting, as its trainer sets it
+    pd = ParallelDims(**sizes, world_size=world, spmd_backend=backend)
     pd.build_mesh()
     return pd
 
@@ -193,6 +196,7 @@ def moe_ep_worker(rank: int, world: int, activation: str, shared: bool) -> dict:
     trainer = registry_trainer_config(f"polycom_debug_moe_{activation}")
     trainer.parallelism.expert_parallel_degree = world
     trainer.parallelism.data_parallel_shard_degree = world
+    trainer.parallelism.spmd_backend = pd.spmd_backend
     trainer.override.imports = [(name, kw | {"shared_coefficients": shared}) for name, kw in trainer.override.imports]
     trainer.model_spec.model.update_from_config(config=trainer)
     apply_overrides(trainer.override, trainer)
@@ -210,7 +214,8 @@ def moe_ep_worker(rank: int, world: int, activation: str, shared: bool) -> dict:
     with torch.no_grad():  # this rank's slice of every expert-sharded tensor, the rest whole
         for name, p in experts.named_parameters():
             full = dict(whole.routed_experts.inner_experts.named_parameters())[name]
-            p.copy_(full[rank * local : (rank + 1) * local] if name in per_expert else full)
+            local_p = p.to_local() if hasattr(p, "to_local") else p
+            local_p.copy_(full[rank * local : (rank + 1) * local] if name in per_expert else full)
 
     gen = torch.Generator().manual_seed(21)
     x = torch.randn(world, 8, whole.router.gate.in_features, generator=gen, dtype=torch.float64)
@@ -227,9 +232,9 @@ def moe_ep_worker(rank: int, world: int, activation: str, shared: bool) -> dict:
         if name.startswith("routed_experts.inner_experts.") and name.split("inner_experts.")[1] in per_expert:
             grads[name] = _full(p.grad, 0)
         elif name.startswith("routed_experts.inner_experts.act."):
-            grads[name] = p.grad  # shared coefficients: already the sum over the expert-parallel ranks
+            grads[name] = _full(p.grad, None)  # shared coefficients: already the sum over the expert-parallel ranks
         else:
-            dist.all_reduce(total := p.grad.clone())  # data-parallel parameters: FSDP sums these over ranks
+            dist.all_reduce(total := _full(p.grad, None).clone())  # data-parallel parameters: FSDP sums these
             grads[name] = total
     return {
         "y": (_full(y.detach(), 0), y_whole.detach()),
