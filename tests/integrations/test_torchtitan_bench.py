@@ -77,3 +77,9 @@ def test_without_a_gpu_the_benchmark_says_what_it_needs(tmp_path, capsys):
     assert bench.main(["--out", str(tmp_path / "rows.jsonl")]) == 2
     assert "needs a GPU" in capsys.readouterr().out
     assert not (tmp_path / "rows.jsonl").exists()
+
+
+def test_rows_say_whether_the_step_was_captured_in_a_cuda_graph():
+    assert bench.cuda_graphs_on("polycom_debug_polynorm") and bench.cuda_graphs_on("polycom_debug_swiglu")
+    assert not bench.cuda_graphs_on("polycom_debug_moe_polynorm")
+    assert "cuda_graphs" in bench.CSV_FIELDS

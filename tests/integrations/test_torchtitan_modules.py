@@ -184,6 +184,27 @@ def test_experts_grouped_gemm_path_in_bf16(arm, shared):
         assert _relative_error(p.grad, want) < 3e-2, name
 
 
+def test_cuda_graph_capture_needs_shared_coefficients(monkeypatch):
+    """While a CUDA graph is captured (torchtitan's default step) the grouped path with shared coefficients runs
+    without reading token counts on the host; per-expert coefficients need them and refuse, naming the way out."""
+    import polycom.integrations.torchtitan.experts as experts_module
+
+    monkeypatch.setattr(experts_module, "cuda_graph_capturing", lambda t: True)
+    x, counts = routed_tokens([3, 1, 2, 2], padding=2)
+    x = x.to(torch.bfloat16)
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: pytest.fail("token counts read on the host"))
+    for shared in (True, False):
+        cfg = polycom_grouped_experts_config(
+            stock_experts_config(h=16), activation="polynorm", shared_coefficients=shared
+        )
+        experts = build_real(cfg).to(torch.bfloat16)
+        if shared:
+            assert torch.isfinite(experts(x, counts)).all()
+        else:
+            with pytest.raises(RuntimeError, match="disable_cuda_graphs.*shared_coefficients=true"):
+                experts(x, counts)
+
+
 def test_widths_and_parameter_counts_match_swiglu():
     stock = stock_ffn_config()
     swiglu = sum(p.numel() for p in build_real(stock).parameters())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,43 @@ def test_config_manager_loads_every_registry_config(name):
     cfg = ConfigManager().parse_args(["--module", "polycom.integrations.torchtitan", "--config", name])
     assert cfg.model_spec.name == "polycom"
     assert bool(cfg.override.imports) == (not name.endswith("_swiglu"))
+
+
+@pytest.mark.parametrize("name", config_names())
+def test_cuda_graphs_off_for_moe_so_expert_parallel_parses(name):
+    """torchtitan captures each step in a CUDA graph by default and refuses that with expert parallelism over its
+    all-to-all (host-read split sizes): the MoE configs turn capture off, as torchtitan's own MoE configs do."""
+    moe = "_moe_" in name
+    cfg = ConfigManager().parse_args(["--module", "polycom.integrations.torchtitan", "--config", name])
+    assert cfg.training.disable_cuda_graphs == moe
+    if moe:
+        args = ["--module", "polycom.integrations.torchtitan", "--config", name]
+        cfg = ConfigManager().parse_args([*args, "--parallelism.expert_parallel_degree", "8"])
+        assert cfg.parallelism.expert_parallel_degree == 8
+
+
+def _doc_training_commands() -> list[list[str]]:
+    """The arguments after ``-m torchtitan.train`` of every command in docs/torchtitan.md's code blocks."""
+    text = (SRC.parents[1] / "docs" / "torchtitan.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
+        joined = re.sub(r"\\\n\s*", " ", block)  # backslash line continuations
+        for line in joined.splitlines():
+            if "-m torchtitan.train" in line and not line.lstrip().startswith("#"):
+                args = shlex.split(line.split("-m torchtitan.train", 1)[1])
+                commands.append([a for a in args if a != "..."])
+    return commands
+
+
+def test_the_docs_training_commands_parse():
+    """Every torchtitan command in docs/torchtitan.md is accepted by torchtitan's own ConfigManager (flags, the
+    registry names, override targets, and torchtitan's checks such as CUDA graphs with expert parallelism)."""
+    commands = _doc_training_commands()
+    assert len(commands) >= 5  # the override, smoke, dense (PolyNorm and SwiGLU) and MoE commands
+    for args in commands:
+        cfg = ConfigManager().parse_args(args)
+        if "--parallelism.spmd_backend" in args:
+            assert cfg.parallelism.spmd_backend == args[args.index("--parallelism.spmd_backend") + 1]
 
 
 def test_config_manager_names_an_unknown_config():

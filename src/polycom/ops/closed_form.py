@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 
 from polycom.ops.dtypes import compute_dtype
+from polycom.ops.host_reads import host_reads_allowed
 
 Needs = tuple[bool, bool, bool]
 ALL_GRADS: Needs = (True, True, True)
@@ -120,8 +121,8 @@ def row_scale(xc: torch.Tensor) -> torch.Tensor:
 
 def _scaling_needed(xc: torch.Tensor, r: int) -> bool:
     """False when the whole tensor is small enough to skip the row scaling (see `_UNSCALED_POWER_LIMIT`);
-    always True under torch.compile. NaN or inf give True."""
-    if torch.compiler.is_compiling():
+    always True where the host may not read the data (torch.compile, CUDA graph capture). NaN or inf give True."""
+    if not host_reads_allowed(xc):
         return True
     if xc.numel() == 0:
         return False
@@ -130,8 +131,9 @@ def _scaling_needed(xc: torch.Tensor, r: int) -> bool:
 
 
 def _all_unit_scale(scales: torch.Tensor) -> bool:
-    """True when every saved row scale is 1 (then q = x and dx needs no / s); eager only."""
-    if torch.compiler.is_compiling() or scales.numel() == 0:
+    """True when every saved row scale is 1 (then q = x and dx needs no / s); False where the host may not read
+    the data (torch.compile, CUDA graph capture)."""
+    if not host_reads_allowed(scales) or scales.numel() == 0:
         return False
     return bool((scales == 1).all())
 

@@ -10,7 +10,8 @@ scratch folder that holds the assets the debug configs read from a torchtitan ch
 2048-token byte-level BPE trained on it), so it needs neither network nor a torchtitan checkout. The
 configs alternate within each round. From torchtitan's per-step log lines it keeps the median tokens/s
 per device and the peak reserved memory, after `WARMUP_STEPS` steps (compilation), and appends one row
-per config and round with the card, versions, commit and date (`polycom.bench.rows`).
+per config and round with the card, versions, commit and date (`polycom.bench.rows`), and whether torchtitan
+captured the step in a CUDA graph (its default; the registry's MoE configs turn it off).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from pathlib import Path
 WARMUP_STEPS = 5
 STEP_LINE = re.compile(r"step:\s*(\d+).*?memory:\s*([\d.]+)GiB.*?tps:\s*([\d,]+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-CSV_FIELDS = ("date", "card", "git_commit", "config", "round", "steps", "tokens_per_s", "peak_reserved_gib", "torch")
+CSV_FIELDS = (
+    "date", "card", "git_commit", "config", "round", "steps", "cuda_graphs", "tokens_per_s", "peak_reserved_gib", "torch",
+)  # fmt: skip
 
 
 def write_debug_assets(root: Path, vocab_size: int = 2048, documents: int = 2000) -> None:
@@ -65,6 +68,14 @@ def summarise(steps: list[tuple[int, float, float]]) -> dict[str, float]:
     if not timed:
         raise RuntimeError(f"no step after the {WARMUP_STEPS} warm-up steps in the log")
     return {"tokens_per_s": statistics.median(s[2] for s in timed), "peak_reserved_gib": max(s[1] for s in steps)}
+
+
+def cuda_graphs_on(name: str) -> bool:
+    """Whether torchtitan captures registry config `name`'s training step in a CUDA graph (dense: yes, its
+    default; MoE: no, `recipes.trainer_config`)."""
+    from polycom.integrations.torchtitan.recipes import registry_trainer_config
+
+    return not registry_trainer_config(name).training.disable_cuda_graphs
 
 
 def run_config(name: str, workdir: Path, steps: int, timeout_s: float) -> str:
@@ -124,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = summarise(parse_steps(log))
                 rows.append(provenance_fields("cuda", args.commit, "torchtitan") | {
                     "bench": "torchtitan-steps", "config": name, "round": round_, "steps": args.steps,
-                    "warmup_steps": WARMUP_STEPS, "compile": True, "param_dtype": "bfloat16", **result,
+                    "warmup_steps": WARMUP_STEPS, "compile": True, "param_dtype": "bfloat16",
+                    "cuda_graphs": cuda_graphs_on(name), **result,
                 })  # fmt: skip
                 print(f"{name:32s} {result['tokens_per_s']:12,.0f} tokens/s  {result['peak_reserved_gib']:6.2f} GiB")
             append_rows(args.out, rows, CSV_FIELDS)

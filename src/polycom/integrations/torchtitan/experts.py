@@ -21,6 +21,11 @@ seam for float8 / MX converters), as torchtitan's own experts; fp32 / fp64 input
 experts (never over tokens) in the input's dtype, since the CPU grouped GEMM takes neither fp64 nor
 unaligned strides. Either way rows past the last expert give zero output and receive zero gradient.
 
+CUDA graphs (torchtitan captures each training step by default): the grouped path with shared coefficients
+never reads token counts on the host, so it can be captured. Per-expert coefficients split the rows by the
+counts on the host (one sync per layer), which capture forbids: such a layer refuses to run while a graph is
+captured and names the two ways out (``--training.disable_cuda_graphs`` or shared coefficients).
+
     --override.imports polycom.integrations.torchtitan.experts.polycom_grouped_experts
     --override.imports 'polycom.integrations.torchtitan.experts.polycom_grouped_experts={"shared_coefficients": false}'
 """
@@ -36,6 +41,7 @@ from torchtitan.models.common.moe import GroupedExperts
 from polycom.integrations.torchtitan.activation import PolyComActivation
 from polycom.integrations.torchtitan.widths import resolve_ffn
 from polycom.models.moe import grouped_linear
+from polycom.ops.host_reads import cuda_graph_capturing
 from polycom.ops.tensor_parallel import is_dtensor
 
 __all__ = ["PolyComGroupedExperts", "polycom_grouped_experts", "polycom_grouped_experts_config"]
@@ -71,7 +77,7 @@ class PolyComGroupedExperts(GroupedExperts):
         w3 = _local(self.w3_EFD) if self.mode == "replace" else None
         rows = x_RD.shape[0]
         grouped = x_RD.is_cuda or x_RD.dtype == torch.bfloat16
-        counts = None if self.shared_coefficients and grouped else num_tokens_per_expert_E.tolist()
+        counts = None if self.shared_coefficients and grouped else self._host_counts(num_tokens_per_expert_E)
         if grouped:
             offsets = torch.cumsum(num_tokens_per_expert_E, dim=0, dtype=torch.int32)
             valid = (torch.arange(rows, device=x_RD.device) < offsets[-1])[:, None]
@@ -94,6 +100,16 @@ class PolyComGroupedExperts(GroupedExperts):
         up = matmul(x_RD, w3) if w3 is not None else None
         hidden = self._activate(gate, up, counts)
         return matmul(hidden, w2).type_as(x_RD)
+
+    @staticmethod
+    def _host_counts(num_tokens_per_expert_E: torch.Tensor) -> list[int]:
+        if cuda_graph_capturing(num_tokens_per_expert_E):
+            raise RuntimeError(
+                "PolyCom experts with per-expert coefficients split the routed rows by token counts read on the "
+                "host, which a CUDA graph capture (torchtitan's default) forbids: pass "
+                "--training.disable_cuda_graphs, or use shared coefficients (shared_coefficients=true, the paper's MoE)"
+            )
+        return num_tokens_per_expert_E.tolist()
 
     def _activate(self, gate: torch.Tensor, up: torch.Tensor | None, counts: list[int] | None) -> torch.Tensor:
         gated_act = up is not None and self.act.gated

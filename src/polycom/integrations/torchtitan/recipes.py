@@ -74,6 +74,9 @@ def trainer_config(
             steps=loop.steps,
             max_norm=optim.grad_clip,
             mixed_precision_param="bfloat16" if loop.precision in ("bf16", "auto") else "float32",
+            # MoE: torchtitan's expert-parallel all-to-all reads its split sizes on the host, which CUDA graph
+            # capture (its default for the step) refuses; its own MoE configs turn capture off the same way.
+            disable_cuda_graphs=mc.moe is not None,
         ),
         dataloader=HuggingFaceTextDataLoader.Config(dataset=dataset),
         metrics=MetricsProcessor.Config(log_freq=loop.log_interval),
