@@ -5,14 +5,17 @@
 # network; 10-13 minutes, so run it as two device calls (ONLY=, below). Each step has its own time limit, so a slow step cannot eat the others,
 # and its full log goes to $OUT/<step>.log (the last lines are printed too):
 #
-#   1. kernel-tests   the Triton kernels against the fp64 references on the GPU (tests/ops_triton)
+#   1. kernel-tests   the Triton kernels against the fp64 references on the GPU (tests/ops_triton), and the
+#                     ops inside a captured CUDA graph replayed on new data (test_cuda_graph_capture.py)
 #   2. fused-mlp      the fused MLP and closed-form tests (tests/core) with CUDA tensors available
 #   3. bench-ops      `polycom bench ops --quick`, both kernel variants (rows: $OUT/ops.jsonl, ops.csv)
 #   4. bench-model    `polycom bench model --quick --mlp-paths both` at the anchor preset: LM step time,
 #                     peak memory, saved bytes per activation, fused and unfused (rows: $OUT/bench_model.jsonl)
 #   5. anchor         the baseline script at $ANCHOR (the official-code anchor), when that file exists
 #   6. torchtitan     20 steps of torchtitan's trainer on the polycom debug config, SwiGLU and PolyNorm side by
-#                     side (bf16, compile on): tokens/s and peak memory (rows: $OUT/torchtitan_steps.jsonl).
+#                     side (bf16, compile on, torchtitan's CUDA graph capture on: a config that fails under
+#                     it is measured again without, with its twin): tokens/s and peak memory
+#                     (rows: $OUT/torchtitan_steps.jsonl).
 #                     The machine has no package index: run `bash benchmarks/gpu_wheels.sh` here first and
 #                     carry .whl/ with the tree; the wheels are installed into /tmp/site.
 #   7. torchtitan-moe the same on the MoE debug config: the PolyCom experts' CUDA path (bf16 grouped GEMM
@@ -69,7 +72,7 @@ if [ -d .whl ] && [ -z "${DRY_RUN:-}" ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-step torchtitan 300 "$PY" -m polycom.integrations.torchtitan.bench --steps 20 \
+step torchtitan 420 "$PY" -m polycom.integrations.torchtitan.bench --steps 20 \
     --configs polycom_debug_swiglu polycom_debug_polynorm --out "$OUT/torchtitan_steps.jsonl" --commit "$COMMIT"
 step torchtitan-moe 300 "$PY" -m polycom.integrations.torchtitan.bench --steps 20 \
     --configs polycom_debug_moe_swiglu polycom_debug_moe_polynorm --out "$OUT/torchtitan_steps.jsonl" --commit "$COMMIT"

@@ -83,3 +83,47 @@ def test_rows_say_whether_the_step_was_captured_in_a_cuda_graph():
     assert bench.cuda_graphs_on("polycom_debug_polynorm") and bench.cuda_graphs_on("polycom_debug_swiglu")
     assert not bench.cuda_graphs_on("polycom_debug_moe_polynorm")
     assert "cuda_graphs" in bench.CSV_FIELDS
+
+
+def _fake_log(tps: int) -> str:
+    return "\n".join(f"step: {s}  loss: 7.0  memory: 2.00GiB(1%)  tps: {tps:,}" for s in range(1, 9))
+
+
+def test_a_config_that_fails_under_capture_is_measured_without_and_its_twin_too():
+    """A session still measures everything: the failed config runs again without CUDA graphs, keeping the error,
+    and the config that was captured runs without too, so the pair compares like with like."""
+    calls = []
+
+    def run(name, graphs):
+        calls.append((name, graphs))
+        if name == "polycom_debug_polynorm" and graphs:
+            raise RuntimeError(
+                "torchtitan exited 1:\n...\nRuntimeError: operation not permitted when stream is capturing"
+            )
+        return _fake_log(1000 if graphs else 800)
+
+    runs = bench.plan_round(["polycom_debug_swiglu", "polycom_debug_polynorm"], run)
+    assert calls == [
+        ("polycom_debug_swiglu", True),
+        ("polycom_debug_polynorm", True),
+        ("polycom_debug_polynorm", False),
+        ("polycom_debug_swiglu", False),
+    ]
+    assert [(r["config"], r["cuda_graphs"], r["tokens_per_s"]) for r in runs] == [
+        ("polycom_debug_swiglu", True, 1000),
+        ("polycom_debug_polynorm", False, 800),
+        ("polycom_debug_swiglu", False, 800),
+    ]
+    assert runs[1]["capture_error"] == "RuntimeError: operation not permitted when stream is capturing"
+    assert "torchtitan exited 1" in runs[1]["failed_log"]
+
+
+def test_without_failures_each_config_runs_once_with_its_own_setting():
+    calls = []
+    runs = bench.plan_round(
+        ["polycom_debug_swiglu", "polycom_debug_moe_polynorm"], lambda n, g: calls.append((n, g)) or _fake_log(5)
+    )
+    assert calls == [("polycom_debug_swiglu", True), ("polycom_debug_moe_polynorm", False)]
+    assert all("capture_error" not in r for r in runs)
+    with pytest.raises(RuntimeError, match="boom"):  # a failure with capture already off is the run's own
+        bench.plan_round(["polycom_debug_moe_polynorm"], lambda n, g: (_ for _ in ()).throw(RuntimeError("boom")))

@@ -11,7 +11,10 @@ scratch folder that holds the assets the debug configs read from a torchtitan ch
 configs alternate within each round. From torchtitan's per-step log lines it keeps the median tokens/s
 per device and the peak reserved memory, after `WARMUP_STEPS` steps (compilation), and appends one row
 per config and round with the card, versions, commit and date (`polycom.bench.rows`), and whether torchtitan
-captured the step in a CUDA graph (its default; the registry's MoE configs turn it off).
+captured the step in a CUDA graph (its default; the registry's MoE configs turn it off). A config that fails
+under capture is measured again without it, its error kept in the row and its log beside the rows, and the
+round's captured configs are measured without capture too, so every pair compares like with like
+(`plan_round`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ WARMUP_STEPS = 5
 STEP_LINE = re.compile(r"step:\s*(\d+).*?memory:\s*([\d.]+)GiB.*?tps:\s*([\d,]+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CSV_FIELDS = (
-    "date", "card", "git_commit", "config", "round", "steps", "cuda_graphs", "tokens_per_s", "peak_reserved_gib", "torch",
+    "date", "card", "git_commit", "config", "round", "steps", "cuda_graphs", "tokens_per_s", "peak_reserved_gib",
+    "capture_error", "torch",
 )  # fmt: skip
 
 
@@ -78,13 +82,15 @@ def cuda_graphs_on(name: str) -> bool:
     return not registry_trainer_config(name).training.disable_cuda_graphs
 
 
-def run_config(name: str, workdir: Path, steps: int, timeout_s: float) -> str:
-    """One torchtitan training run of registry config `name` in `workdir`; its log (stdout + stderr)."""
+def run_config(name: str, workdir: Path, steps: int, timeout_s: float, *, cuda_graphs: bool = True) -> str:
+    """One torchtitan training run of registry config `name` in `workdir`; its log (stdout + stderr).
+    cuda_graphs=False adds ``--training.disable_cuda_graphs`` (otherwise the config's own setting holds)."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
         "-m", "torchtitan.train", "--module", "polycom.integrations.torchtitan", "--config", name,
         "--training.steps", str(steps), "--training.mixed_precision_param", "bfloat16",
         "--compile.enable", "--metrics.log_freq", "1", "--checkpoint.interval", str(10 * steps),
+        *(() if cuda_graphs else ("--training.disable_cuda_graphs",)),
     ]  # fmt: skip
     # The run's working folder is `workdir`: relative PYTHONPATH entries (gpu_session.sh's src/) must stay valid.
     paths = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -124,23 +130,58 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("error: this benchmark trains with torchtitan, whose attention has no CPU backward: it needs a GPU")
         return 2
+    logs = Path(args.out).parent
     with tempfile.TemporaryDirectory(prefix="polycom-titan-") as tmp:
         workdir = Path(tmp)
         write_debug_assets(workdir)
+
+        def one_run(name: str, graphs: bool) -> str:
+            return run_config(name, workdir, args.steps, args.timeout, cuda_graphs=graphs)
+
         for round_ in range(args.rounds):
             rows = []
-            for name in args.configs:
-                log = run_config(name, workdir, args.steps, args.timeout)
-                (Path(args.out).parent / f"torchtitan-{name}-r{round_}.log").write_text(log)
-                result = summarise(parse_steps(log))
+            for run in plan_round(args.configs, one_run):
+                tag = "" if run["cuda_graphs"] or not cuda_graphs_on(run["config"]) else "-no-graphs"
+                (logs / f"torchtitan-{run['config']}-r{round_}{tag}.log").write_text(run.pop("log"))
+                if "failed_log" in run:
+                    (logs / f"torchtitan-{run['config']}-r{round_}-capture-failed.log").write_text(
+                        run.pop("failed_log")
+                    )
                 rows.append(provenance_fields("cuda", args.commit, "torchtitan") | {
-                    "bench": "torchtitan-steps", "config": name, "round": round_, "steps": args.steps,
-                    "warmup_steps": WARMUP_STEPS, "compile": True, "param_dtype": "bfloat16",
-                    "cuda_graphs": cuda_graphs_on(name), **result,
+                    "bench": "torchtitan-steps", "round": round_, "steps": args.steps, "warmup_steps": WARMUP_STEPS,
+                    "compile": True, "param_dtype": "bfloat16", **run,
                 })  # fmt: skip
-                print(f"{name:32s} {result['tokens_per_s']:12,.0f} tokens/s  {result['peak_reserved_gib']:6.2f} GiB")
+                graphs = "graphs" if run["cuda_graphs"] else "no graphs"
+                print(f"{run['config']:32s} {graphs:9s} {run['tokens_per_s']:12,.0f} tokens/s  "
+                      f"{run['peak_reserved_gib']:6.2f} GiB")  # fmt: skip
             append_rows(args.out, rows, CSV_FIELDS)
     return 0
+
+
+def plan_round(configs: list[str], run) -> list[dict]:
+    """Each config once with its own CUDA graph setting (`run(name, cuda_graphs) -> log`). A config that fails
+    under capture runs again with capture off (its failure kept as ``capture_error`` / ``failed_log``), and
+    then every other captured config of the round also runs with capture off, so each PolyCom row has a SwiGLU
+    row with the same setting. Returns one dict per run: config, cuda_graphs, log, the `summarise` fields."""
+    results, failed = [], False
+    for name in configs:
+        graphs = cuda_graphs_on(name)
+        try:
+            results.append({"config": name, "cuda_graphs": graphs, "log": run(name, graphs)})
+        except RuntimeError as err:
+            if not graphs:
+                raise
+            failed = True
+            line = next((ln for ln in reversed(str(err).splitlines()) if "Error" in ln), str(err).splitlines()[0])
+            print(f"warning: {name} failed under CUDA graph capture ({line.strip()}); running it without")
+            results.append({"config": name, "cuda_graphs": False, "log": run(name, False),
+                            "capture_error": line.strip(), "failed_log": str(err)})  # fmt: skip
+    if failed:
+        captured = [r["config"] for r in results if r["cuda_graphs"]]
+        results += [{"config": name, "cuda_graphs": False, "log": run(name, False)} for name in captured]
+    for result in results:
+        result |= summarise(parse_steps(result["log"]))
+    return results
 
 
 if __name__ == "__main__":
