@@ -124,6 +124,14 @@ def test_cuda_graphs_off_for_moe_so_expert_parallel_parses(name):
         assert cfg.parallelism.expert_parallel_degree == 8
 
 
+@pytest.mark.parametrize("name", config_names())
+def test_configs_for_several_ranks_take_the_backend_fsdp_accepts(name):
+    """The paper configs (written for 8 data-parallel ranks) shard with FSDP2, which with torch 2.13 needs the
+    partial_dtensor backend; the one-GPU debug configs keep torchtitan's default."""
+    cfg = ConfigManager().parse_args(["--module", "polycom.integrations.torchtitan", "--config", name])
+    assert cfg.parallelism.spmd_backend == ("partial_dtensor" if name.startswith("polycom_paper_") else "spmd_types")
+
+
 def _doc_training_commands() -> list[list[str]]:
     """The arguments after ``-m torchtitan.train`` of every command in docs/torchtitan.md's code blocks."""
     text = (SRC.parents[1] / "docs" / "torchtitan.md").read_text()

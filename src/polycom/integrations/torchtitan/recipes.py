@@ -23,7 +23,7 @@ from torchtitan.components.checkpoint import CheckpointManager
 from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss
 from torchtitan.components.metrics import MetricsProcessor
 from torchtitan.components.optimizer import LRSchedulersContainer
-from torchtitan.config import TrainingConfig
+from torchtitan.config import ParallelismConfig, TrainingConfig
 from torchtitan.config.override import OverrideConfig
 from torchtitan.distributed.activation_checkpoint import SelectiveAC
 from torchtitan.hf_datasets.text_datasets import HuggingFaceTextDataLoader
@@ -82,6 +82,10 @@ def trainer_config(
         metrics=MetricsProcessor.Config(log_freq=loop.log_interval),
         checkpoint=CheckpointManager.Config(interval=loop.checkpoint_interval or loop.steps),
         activation_checkpoint=SelectiveAC.Config(),
+        # Configs written for several data-parallel ranks shard with FSDP2, which in torch 2.13 accepts only
+        # DTensor parameters: torchtitan's default spmd_types backend hands it plain ones and stops, for
+        # torchtitan's own models too; partial_dtensor runs (docs/torchtitan.md, Limits).
+        parallelism=ParallelismConfig(spmd_backend="partial_dtensor" if dp_ranks > 1 else "spmd_types"),
         override=OverrideConfig(imports=activation_overrides(mc)),
     )
 
