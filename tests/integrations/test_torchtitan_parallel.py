@@ -25,6 +25,7 @@ TIGHT = dict(rtol=1e-10, atol=1e-12)
 SPMD_CASES = (
     [("ffn_tp_worker", (arm, False)) for arm in ARMS]
     + [("ffn_tp_worker", ("polynorm", True)), ("ffn_tp_worker", ("polyrelu", True))]
+    + [("ffn_tp_worker", ("polynorm", True, "inductor"))]  # torch.compile over the TP PolyNorm's collectives
     + [
         ("experts_tp_worker", (arm, shared))
         for arm in ("polynorm", "polyrelu", "polynorm_glu")
@@ -61,6 +62,8 @@ def _check(result: dict) -> None:
     torch.testing.assert_close(*result["dx"], **TIGHT, msg="input gradient")
     for name, (got, want) in result["grads"].items():
         torch.testing.assert_close(got, want, **TIGHT, msg=f"gradient of {name}")
+    if result.get("compiled_graphs"):  # compiled as one graph: the collectives traced, no fallback to eager
+        assert result["graph_breaks"] == 0
     if "local_width" in result:  # the hidden dimension really was split
         assert result["local_width"] * 2 == result["grads"]["w1.weight"][1].shape[0]
     if "local_experts" in result:  # each rank really held half the experts
@@ -70,9 +73,12 @@ def _check(result: dict) -> None:
 
 @pytest.mark.parametrize("index", range(len(SPMD_CASES)), ids=_ids(SPMD_CASES))
 def test_spmd_types_backend_equals_unsharded(spmd_results, index):
-    """torchtitan's default backend: TP=2 FFN (SP off/on), TP=2 experts, EP=2 experts and MoE layer."""
+    """torchtitan's default backend: TP=2 FFN (SP off/on, and compiled with Inductor), TP=2 experts, EP=2 experts
+    and MoE layer."""
+    compiled = len(SPMD_CASES[index][1]) > 2
     for rank_results in spmd_results:
         _check(rank_results[index])
+        assert (rank_results[index].get("compiled_graphs", 0) > 0) == compiled
 
 
 @pytest.mark.parametrize("index", range(len(DTENSOR_CASES)), ids=_ids(DTENSOR_CASES))

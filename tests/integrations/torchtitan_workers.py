@@ -57,8 +57,11 @@ def _local_shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.to_local().shape) if hasattr(t, "to_local") else tuple(t.shape)
 
 
-def ffn_tp_worker(rank: int, world: int, activation: str, sequence_parallel: bool) -> dict:
-    """PolyComFeedForward with the hidden dim sharded over TP=world vs the whole module."""
+def ffn_tp_worker(
+    rank: int, world: int, activation: str, sequence_parallel: bool, compile_backend: str | None = None
+) -> dict:
+    """PolyComFeedForward with the hidden dim sharded over TP=world vs the whole module; with `compile_backend`,
+    the sharded module is compiled with it (torch.compile over the collectives of the exact TP PolyNorm)."""
     import spmd_types as spmd
     from torchtitan.models.common.decoder_sharding import (
         dense_activation_placement,
@@ -76,6 +79,9 @@ def ffn_tp_worker(rank: int, world: int, activation: str, sequence_parallel: boo
     whole = build_real(cfg, seed=3)
     sharded = build_real(cfg, seed=3)
     sharded.parallelize(pd)
+    if compile_backend is not None:
+        torch._dynamo.utils.counters.clear()
+        sharded.compile(backend=compile_backend)
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(2, 6, whole.w1.in_features, generator=gen, dtype=torch.float64)
     g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
@@ -99,6 +105,8 @@ def ffn_tp_worker(rank: int, world: int, activation: str, sequence_parallel: boo
         "dx": (dx, xw.grad),
         "grads": {n: (grads[n], p.grad) for n, p in whole.named_parameters()},
         "local_width": _local_shape(sharded.w1.weight)[0],
+        "compiled_graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"],
+        "graph_breaks": sum(torch._dynamo.utils.counters["graph_break"].values()),
     }
 
 
