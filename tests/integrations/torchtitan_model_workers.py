@@ -3,7 +3,7 @@
 Each worker builds a registry config's whole decoder twice from one seed: a plain eager copy that sees the
 whole batch (the reference) and a copy that goes through torchtitan's own engine path: `pipeline_llm` for
 pipeline parallelism, or the model's `parallelize_fn` (FSDP2 over the ranks, torchtitan's activation
-checkpointing, its per-block `torch.compile`). Both run one forward + backward of the same next-token loss
+checkpointing, its per-block `torch.compile`, expert parallelism for the MoE). Both run one forward + backward of the same next-token loss
 (sum over tokens / all tokens of the global batch, torchtitan's normalisation); the worker returns the loss and
 every parameter's gradient from both sides, the engine side gathered back to whole tensors.
 
