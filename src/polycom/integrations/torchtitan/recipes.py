@@ -83,8 +83,9 @@ def trainer_config(
         checkpoint=CheckpointManager.Config(interval=loop.checkpoint_interval or loop.steps),
         activation_checkpoint=SelectiveAC.Config(),
         # Configs written for several data-parallel ranks shard with FSDP2, which in torch 2.13 accepts only
-        # DTensor parameters: torchtitan's default spmd_types backend hands it plain ones and stops, for
-        # torchtitan's own models too; partial_dtensor runs (docs/torchtitan.md, Limits).
+        # DTensor parameters once the dense mesh has more than one rank (FSDP or TP): torchtitan's default
+        # spmd_types backend hands it plain ones and stops, for torchtitan's own models too; partial_dtensor
+        # runs (docs/torchtitan.md, Limits).
         parallelism=ParallelismConfig(spmd_backend="partial_dtensor" if dp_ranks > 1 else "spmd_types"),
         override=OverrideConfig(imports=activation_overrides(mc)),
     )
