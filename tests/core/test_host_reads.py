@@ -6,7 +6,7 @@ give the same values. A CUDA tensor being captured is played by a fake CUDA tens
 without a GPU) and a patched `torch.cuda.is_current_stream_capturing`; on a real GPU torchtitan's capture
 is the check (`benchmarks/gpu_session.sh`).
 
-Oracle for the values: PolyNorm written here in fp64.
+Oracle for the values: the reference op (`polycom.ops.reference`) in fp64.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import polycom
 from polycom.ops import closed_form, host_reads
 from polycom.ops.backend import use_backend
+from polycom.ops.reference import poly_norm_reference
 
 
 def _fake_cuda() -> torch.Tensor:
@@ -75,16 +76,6 @@ def test_closed_form_shortcuts_are_skipped_when_reads_are_refused(monkeypatch):
     assert not closed_form._all_unit_scale(unit)
 
 
-def _fp64_poly_norm(x, w, b, eps=1e-6):
-    x, w, b = x.double(), w.double(), b.double()
-    r = w.numel()
-    y = b.expand_as(x)
-    for i in range(1, r + 1):
-        p = x**i
-        y = y + w[r - i] * p / torch.sqrt((p * p).mean(dim=-1, keepdim=True) + eps)
-    return y
-
-
 @pytest.mark.parametrize("gated", [False, True])
 def test_closed_form_general_path_gives_the_same_values_and_gradients(monkeypatch, gated):
     """With reads refused the closed form scales rows it would have left alone: same output and gradients,
@@ -100,7 +91,7 @@ def test_closed_form_general_path_gives_the_same_values_and_gradients(monkeypatc
         y = polycom.poly_norm_gated(x, up, w, b) if gated else polycom.poly_norm(x, w, b)
     leaves = (x, w, b) + ((up,) if gated else ())
     x64, w64, b64, *up64 = (t.detach().double().requires_grad_(True) for t in leaves)
-    ref = _fp64_poly_norm(x64, w64, b64) * (up64[0] if gated else 1)
+    ref = poly_norm_reference(x64, w64, b64) * (up64[0] if gated else 1)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-6)
     g = torch.randn_like(y)
     got = torch.autograd.grad((y * g).sum(), leaves)
